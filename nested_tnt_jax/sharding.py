@@ -1,0 +1,105 @@
+"""Mesh and shardings; the one place that builds global arrays from per-process data.
+
+Data parallelism over a 1-D mesh: the batch dimension is split over the `data` axis, which
+spans every device of every process. Each process holds `global_batch // process_count`
+examples and `jax.make_array_from_process_local_data` stitches them into one global array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis `data` over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the `data` axis, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimiser state, scalars)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """Raises a clear error unless the batch splits evenly; returns the per-process batch.
+
+    The batch must divide over processes (each reads the same number of examples) and over
+    the devices of the `data` axis (each holds the same number). Call before compiling.
+    """
+    num_devices = mesh.shape[DATA_AXIS]
+    process_count = jax.process_count()
+    multiple = int(np.lcm(num_devices, process_count))
+    if global_batch_size <= 0 or global_batch_size % multiple:
+        raise ValueError(
+            f"batch_size {global_batch_size} does not split evenly over {process_count} "
+            f"process(es) and {num_devices} device(s) on the mesh's '{DATA_AXIS}' axis: it must "
+            f"be a positive multiple of {multiple}. Change batch_size (for example to "
+            f"{max(1, round(global_batch_size / multiple)) * multiple})."
+        )
+    return global_batch_size // process_count
+
+
+def global_batch(batch: Any, mesh: Mesh) -> Any:
+    """Turns this process's host batch (a pytree of numpy arrays) into global jax arrays.
+
+    Used for train and eval batches alike; every leaf is split over `data` on its first axis.
+    """
+    sharding = data_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
+
+
+# Parameter sharding (train side). A second mesh axis `model` lets large models shard their
+# parameters and optimiser state instead of replicating them; batches stay split over `data`.
+MODEL_AXIS = "model"
+
+
+def create_train_mesh(model_axis: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, model) mesh; `model_axis` devices share each parameter shard group.
+
+    With `model_axis=1` this is plain data parallelism (parameters replicated). Raises a clear
+    error when the device count is not a multiple of `model_axis`.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if model_axis < 1 or len(devices) % model_axis:
+        raise ValueError(
+            f"mesh.model_axis is {model_axis}, which does not divide the {len(devices)} devices. "
+            f"Set mesh.model_axis to a divisor of {len(devices)} (1 replicates parameters)."
+        )
+    grid = np.asarray(devices).reshape(len(devices) // model_axis, model_axis)
+    return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def param_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) of params / optimiser state.
+
+    Each leaf is split over `model` along its largest dimension that the axis size divides
+    (FSDP style: XLA gathers it where it is used); leaves with no such dimension, and every
+    leaf when the `model` axis has size 1, are replicated.
+    """
+    size = mesh.shape.get(MODEL_AXIS, 1)
+
+    def spec(leaf: Any) -> NamedSharding:
+        shape = getattr(leaf, "shape", ())
+        dims = [d for d in np.argsort(shape)[::-1] if size > 1 and shape[d] % size == 0]
+        if not dims:
+            return replicated_sharding(mesh)
+        axes = [None] * len(shape)
+        axes[dims[0]] = MODEL_AXIS
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    return jax.tree.map(spec, abstract_tree)
