@@ -1,0 +1,1 @@
+"""Research scripts run from the repository root, e.g. `python -m experiments.sweep`."""
