@@ -1,0 +1,261 @@
+"""Training-step and inference throughput of a registered model, optionally beside timm.
+
+    python benchmarks/throughput.py --model=tnt_s_patch16_224 --batch=8 --vs-timm
+    python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --baseline=tnt_s_patch16_224
+
+Measures, with compilation and warm-up excluded and every timed call blocked until ready:
+img/s of a training step (forward, backward, SGD update; state donated) and of inference,
+compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (XLA cost analysis of
+the compiled forward) and MFU against a matrix-product peak measured on the same device in the
+same process. `--vs-timm` runs timm's PyTorch model with the same architecture, batch and
+thread count, alternating rounds with ours so that both see the same machine state, and prints
+our/timm ratios. `--baseline` does the same against a second model of ours (e.g. the nesting
+overhead of Nested-TNT over TNT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nested_tnt_jax import models
+
+
+def _median_img_per_sec(step: Callable[[], None], batch: int, iters: int) -> float:
+    """Runs `step` `iters` times and returns batch / median seconds per call."""
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def matmul_peak_flops(dtype: str) -> float:
+    """FLOP/s of a large square matrix product on the default device, the MFU denominator."""
+    n = 8192 if jax.default_backend() == "gpu" else 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype=jnp.dtype(dtype))
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / min(times)
+
+
+class JaxBench:
+    """Compiled training and inference steps of one of our models, ready to time."""
+
+    def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int):
+        self.name = name
+        self.batch = batch
+        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size, dtype=dtype)
+        size = self.model.img_size
+        rng = jax.random.key(0)
+        self.images = jax.random.normal(rng, (batch, size, size, 3), jnp.float32)
+        self.labels = jax.random.randint(rng, (batch,), 0, num_classes)
+        variables = jax.jit(lambda: self.model.init(rng, self.images[:1], train=False))()
+        self.params = variables["params"]
+        self.num_params = sum(x.size for x in jax.tree.leaves(self.params))
+        self.tx = optax.sgd(0.01, momentum=0.9)
+        # The training state is donated each step, so it must not share buffers with the
+        # parameters that inference reads.
+        self.state = (jax.tree.map(jnp.copy, self.params), self.tx.init(self.params))
+
+        def loss_fn(params, images, labels, key):
+            drop_key, noise_key = jax.random.split(key)
+            logits = self.model.apply(
+                {"params": params}, images, train=True, rngs={"dropout": drop_key, "noise": noise_key}
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        def train_step(state, images, labels, key):
+            params, opt_state = state
+            grads = jax.grad(loss_fn)(params, images, labels, key)
+            updates, opt_state = self.tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        def infer(params, images):
+            return self.model.apply({"params": params}, images, train=False)
+
+        start = time.perf_counter()
+        self._train = jax.jit(train_step, donate_argnums=0).lower(
+            self.state, self.images, self.labels, rng).compile()
+        self.train_compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self._infer = jax.jit(infer).lower(self.params, self.images).compile()
+        self.infer_compile_s = time.perf_counter() - start
+        self.gflops_per_image = _flops(self._infer) / batch / 1e9
+        self.train_flops_per_step = _flops(self._train)
+        memory = self._train.memory_analysis()
+        self.train_peak_mib = None if memory is None else (
+            memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
+        self._key = rng
+        self.train_step()  # warm-up
+        self.infer_step()
+
+    def train_step(self) -> None:
+        self._key, key = jax.random.split(self._key)
+        self.state = self._train(self.state, self.images, self.labels, key)
+        jax.block_until_ready(self.state)
+
+    def infer_step(self) -> None:
+        jax.block_until_ready(self._infer(self.params, self.images))
+
+
+def _flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):  # older jax returns one dict per device
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))
+
+
+def timm_twin(module, num_classes: int):
+    """timm's PyTorch model with `module`'s architecture (random weights).
+
+    Nested-TNT has no timm counterpart: its twin is timm's TNT of the same widths, so the ratio
+    shows our nesting cost and timm's speed together. timm's word conv is fixed at 7x7; for our
+    small variants with another kernel the conv is swapped for one of that kernel.
+    """
+    import torch
+    from timm.models.tnt import TNT
+    from timm.models.vision_transformer import VisionTransformer
+
+    common = dict(img_size=module.img_size, patch_size=module.patch_size,
+                  num_classes=num_classes, embed_dim=module.embed_dim, depth=module.depth,
+                  mlp_ratio=module.mlp_ratio, qkv_bias=module.qkv_bias)
+    if isinstance(module, models.ViT):
+        return VisionTransformer(num_heads=module.num_heads, **common)
+    twin = TNT(inner_dim=module.inner_dim, num_heads_inner=module.num_heads_inner,
+               num_heads_outer=module.num_heads_outer, first_stride=module.word_stride,
+               legacy=module.legacy, **common)
+    if module.word_kernel != 7:
+        twin.pixel_embed.proj = torch.nn.Conv2d(
+            3, module.inner_dim, module.word_kernel, stride=module.word_stride,
+            padding=module.word_kernel // 2)
+    return twin
+
+
+class TimmBench:
+    """The same architecture in timm (PyTorch, same thread count), timed the same way."""
+
+    def __init__(self, module, batch: int, num_classes: int, threads: int):
+        import torch  # optional: only the --vs-timm comparison needs PyTorch and timm
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.batch = batch
+        self.model = timm_twin(module, num_classes)
+        size = module.img_size
+        self.images = torch.randn(batch, 3, size, size)
+        self.labels = torch.randint(0, num_classes, (batch,))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.train_step()
+        self.infer_step()
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+
+    def infer_step(self) -> None:
+        self.model.eval()
+        with self.torch.inference_mode():
+            self.model(self.images)
+
+
+def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) -> dict[str, float]:
+    """Median img/s per bench over `rounds` alternating rounds of `iters` calls each."""
+    results = {name: [] for name in benches}
+    for _ in range(rounds):
+        for name, bench in benches.items():
+            results[name].append(_median_img_per_sec(getattr(bench, attr), batch, iters))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a name from nested_tnt_jax.models.list_models()")
+    parser.add_argument("--img-size", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
+    parser.add_argument("--iters", type=int, default=5, help="timed calls per round")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm")
+    parser.add_argument("--vs-timm", action="store_true", help="also run timm's model, alternating")
+    parser.add_argument("--baseline", default=None, help="another of our models to compare against")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args(argv)
+
+    ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes)
+    benches = {args.model: ours}
+    if args.baseline:
+        benches[args.baseline] = JaxBench(args.baseline, args.img_size, args.batch, args.dtype, args.num_classes)
+    if args.vs_timm:
+        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads)
+    train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
+    infer = _alternate(benches, "infer_step", args.batch, args.rounds, args.iters)
+    peak = matmul_peak_flops(args.dtype)
+
+    rows = []
+    for name, bench in benches.items():
+        row = {"model": name, "impl": "timm" if name == "timm" else "jax",
+               "train_img_s": train[name], "infer_img_s": infer[name], "params": bench.num_params}
+        if isinstance(bench, JaxBench):
+            row.update(
+                gflops_per_image=bench.gflops_per_image,
+                train_compile_s=bench.train_compile_s,
+                infer_compile_s=bench.infer_compile_s,
+                train_peak_mib=bench.train_peak_mib,
+                train_mfu=bench.train_flops_per_step * train[name] / args.batch / peak,
+            )
+        rows.append(row)
+    ratios = {f"{args.model}/{name}": {"train": train[args.model] / train[name],
+                                        "infer": infer[args.model] / infer[name]}
+              for name in benches if name != args.model}
+    report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+              "batch": args.batch, "dtype": args.dtype, "img_size": ours.model.img_size,
+              "matmul_peak_tflops": peak / 1e12, "rows": rows, "ratios": ratios}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return report
+
+
+def _print_table(report: dict) -> None:
+    print(f"device: {report['device']} ({report['backend']}), batch {report['batch']}, "
+          f"{report['img_size']} px, {report['dtype']}, matmul peak "
+          f"{report['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s")
+    print("| model | impl | train img/s | infer img/s | params | GFLOPs/img | compile s (train) | peak MiB (train) | MFU (train) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in report["rows"]:
+        extra = ("-", "-", "-", "-") if row["impl"] == "timm" else (
+            f"{row['gflops_per_image']:.2f}", f"{row['train_compile_s']:.1f}",
+            "-" if row["train_peak_mib"] is None else f"{row['train_peak_mib']:.0f}",
+            f"{row['train_mfu']:.1%}")
+        print(f"| {row['model']} | {row['impl']} | {row['train_img_s']:.1f} | {row['infer_img_s']:.1f} "
+              f"| {row['params']:,} | " + " | ".join(extra) + " |")
+    for name, ratio in report["ratios"].items():
+        print(f"ratio {name}: train {ratio['train']:.2f}x, inference {ratio['infer']:.2f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""Model registry: timm's names (plus Nested-TNT and small 32x32 variants) -> Flax modules.
+
+`create_model(name, num_classes=1000, img_size=None, **overrides)` returns a `flax.linen`
+module; `module.apply(variables, images_nhwc, train=..., rngs={"dropout": k1, "noise": k2})`
+returns float32 logits. Overrides are the module's fields (`drop_path_rate`, `nest_inner`,
+`dtype`, `scan_blocks`, ...).
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
+from nested_tnt_jax.models.tnt import TNT
+from nested_tnt_jax.models.vit import ViT
+
+__all__ = ["create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
+           "TNT", "ViT"]
+
+_NESTED = dict(nest_inner=True, nest_outer=True)
+# The 32x32 variants share depth and widths across families so comparisons are fair. Both
+# patch sizes give 16 words per sentence: patch 4 with a kernel-3 stride-1 word conv (64
+# sentences, more accurate), patch 8 with kernel 3 stride 2 (16 sentences, ~2.5x faster on CPU).
+_CIFAR = dict(img_size=32, embed_dim=128, depth=4, mlp_ratio=2.0)
+_CIFAR_TNT = dict(_CIFAR, inner_dim=16, num_heads_outer=4, num_heads_inner=2, word_kernel=3)
+_TNT_TI = dict(embed_dim=192, inner_dim=12, num_heads_outer=3, num_heads_inner=2)
+_TNT_S = dict(embed_dim=384, inner_dim=24, num_heads_outer=6)
+_TNT_B = dict(embed_dim=640, inner_dim=40, num_heads_outer=10)
+
+_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "vit_tiny_patch16_224": (ViT, dict(embed_dim=192, depth=12, num_heads=3)),
+    "vit_small_patch16_224": (ViT, dict(embed_dim=384, depth=12, num_heads=6)),
+    "vit_base_patch16_224": (ViT, dict(embed_dim=768, depth=12, num_heads=12)),
+    "tnt_ti_patch16_224": (TNT, _TNT_TI),
+    "tnt_s_patch16_224": (TNT, _TNT_S),
+    "tnt_s_legacy_patch16_224": (TNT, dict(_TNT_S, legacy=True)),
+    "tnt_b_patch16_224": (TNT, _TNT_B),
+    "nested_tnt_ti_patch16_224": (TNT, dict(_TNT_TI, **_NESTED)),
+    "nested_tnt_s_patch16_224": (TNT, dict(_TNT_S, **_NESTED)),
+    "nested_tnt_b_patch16_224": (TNT, dict(_TNT_B, **_NESTED)),
+    "vit_cifar_patch4_32": (ViT, dict(_CIFAR, patch_size=4, num_heads=4)),
+    "tnt_cifar_patch4_32": (TNT, dict(_CIFAR_TNT, patch_size=4, word_stride=1)),
+    "nested_tnt_cifar_patch4_32": (TNT, dict(_CIFAR_TNT, patch_size=4, word_stride=1, **_NESTED)),
+    "vit_cifar_patch8_32": (ViT, dict(_CIFAR, patch_size=8, num_heads=4)),
+    "tnt_cifar_patch8_32": (TNT, dict(_CIFAR_TNT, patch_size=8, word_stride=2)),
+    "nested_tnt_cifar_patch8_32": (TNT, dict(_CIFAR_TNT, patch_size=8, word_stride=2, **_NESTED)),
+}
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _fields(cls: type[nn.Module]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def model_config(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """The module class and registered keyword arguments of `name` (ValueError if unknown)."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown model {name!r}. Choose one of: {', '.join(list_models())}.")
+    cls, kwargs = _REGISTRY[name]
+    return cls, dict(kwargs)
+
+
+def create_model(
+    name: str, num_classes: int = 1000, img_size: int | None = None, **overrides: Any
+) -> nn.Module:
+    """Build registered model `name` for `num_classes` classes at `img_size` (None: its own).
+
+    `overrides` replace the module's fields (e.g. `drop_path_rate=0.1`, `nest_outer=False`,
+    `dtype="bfloat16"` for bfloat16 compute with float32 params, `scan_blocks=True`).
+    """
+    cls, kwargs = model_config(name)
+    valid = _fields(cls)
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown override(s) {', '.join(unknown)} for model {name!r} ({cls.__name__}). "
+            f"Valid overrides: {', '.join(sorted(valid))}.")
+    kwargs.update(overrides)
+    kwargs["num_classes"] = num_classes
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if "dtype" in kwargs:
+        kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    module = cls(**kwargs)
+    if module.img_size % module.patch_size:
+        raise ValueError(
+            f"Image size {module.img_size} is not divisible by the patch size "
+            f"{module.patch_size} of model {name!r}; pass an img_size that is a multiple of "
+            f"{module.patch_size}.")
+    return module

@@ -1,0 +1,192 @@
+"""Building blocks shared by the model families: MLP, DropPath, embeddings, block stacking.
+
+Names of submodules and parameters follow timm's state_dict keys (`fc1`, `proj`, ...) so a
+converted checkpoint reads the same in both libraries; `convert.py` relies on this.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+PyTree = Any
+
+# timm initialises every Linear with trunc_normal(std=.02) and zero bias.
+dense_init = nn.initializers.truncated_normal(0.02)
+# PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)) has variance 1 / (3 fan_in).
+conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+    """A Dense with timm's init and float32 params computing in `dtype`."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=dense_init, name=name)
+
+
+def layer_norm(eps: float, name: str, dtype: Dtype) -> nn.LayerNorm:
+    """LayerNorm with an explicit epsilon: timm's TNT uses 1e-5, its ViT 1e-6."""
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class Mlp(nn.Module):
+    """timm's Mlp: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+
+    hidden_features: int
+    out_features: int
+    drop: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = dense(self.hidden_features, "fc1", self.dtype)(x)
+        x = nn.gelu(x, approximate=False)
+        x = nn.Dropout(self.drop)(x, deterministic=self.deterministic)
+        x = dense(self.out_features, "fc2", self.dtype)(x)
+        return nn.Dropout(self.drop)(x, deterministic=self.deterministic)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (the leading axis), as timm's `drop_path`.
+
+    The rate is a call argument rather than a field so that blocks stacked with `nn.scan`
+    (which share their fields) can each get their own rate from the linear schedule.
+    """
+
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate: float | jax.Array) -> jax.Array:
+        if self.deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
+            return x
+        keep = 1.0 - rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> np.ndarray:
+    """timm's linear stochastic-depth schedule: 0 at the first block up to the rate at the last."""
+    return np.linspace(0.0, drop_path_rate, depth, dtype=np.float32)
+
+
+def extract_patches(x: jax.Array, patch: tuple[int, int]) -> jax.Array:
+    """(B, H, W, C) -> (B * N, ph, pw, C), patches in row-major grid order (timm's Unfold)."""
+    b, h, w, c = x.shape
+    ph, pw = patch
+    x = x.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b * (h // ph) * (w // pw), ph, pw, c)
+
+
+class PatchEmbed(nn.Module):
+    """ViT patch embedding: a stride-`patch` conv, flattened to (B, N, D)."""
+
+    patch_size: int
+    embed_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=conv_init, name="proj")(x)
+        return x.reshape(x.shape[0], -1, self.embed_dim)
+
+
+def word_grid(patch_size: int, kernel: int, stride: int) -> int:
+    """Side of the word grid inside one patch for a conv with padding kernel // 2."""
+    return (patch_size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class WordEmbed(nn.Module):
+    """TNT's pixel (word) embedding: image -> (B * N, words, inner_dim).
+
+    Standard: cut the image into patches, then run the conv inside each patch (zero padding at
+    patch borders). `legacy` (timm's `legacy=True`): run the conv over the whole image, then cut
+    its output into word grids. The word position embedding (timm's root-level `pixel_pos`,
+    NHWC here) is passed in so that its parameter name stays where timm has it.
+    """
+
+    patch_size: int
+    inner_dim: int
+    kernel: int = 7
+    stride: int = 4
+    legacy: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, pixel_pos: jax.Array) -> jax.Array:
+        pad = self.kernel // 2
+        conv = nn.Conv(self.inner_dim, (self.kernel, self.kernel), strides=(self.stride,) * 2,
+                       padding=[(pad, pad), (pad, pad)], dtype=self.dtype,
+                       param_dtype=jnp.float32, kernel_init=conv_init, name="proj")
+        if self.legacy:
+            g = word_grid(self.patch_size, self.kernel, self.stride)
+            words = extract_patches(conv(x), (g, g))
+        else:
+            words = conv(extract_patches(x, (self.patch_size, self.patch_size)))
+        words = words + pixel_pos.astype(words.dtype)
+        return words.reshape(words.shape[0], -1, self.inner_dim)
+
+
+def stack_blocks(
+    block: type[nn.Module],
+    block_kwargs: dict[str, Any],
+    carry: PyTree,
+    rates: np.ndarray,
+    *,
+    scan: bool,
+    remat: bool,
+) -> PyTree:
+    """Apply `len(rates)` blocks to `carry` (each `block(carry, rate) -> (carry, None)`).
+
+    Block 0 always runs on its own as `blocks_0`: in Nested-TNT it starts the logit chains (its
+    carried logits come in as None) and has no mixer, so it differs structurally from the rest. The rest run either as a Python
+    loop (`blocks_1`, `blocks_2`, ... like timm's `blocks.1`, ...) or, with `scan`, as one
+    `nn.scan` named `blocks` whose params are stacked over a leading depth axis (faster to
+    compile for deep models). `params_to_scan` / `params_to_loop` convert between the two.
+    """
+    cls = nn.remat(block) if remat else block
+    carry, _ = cls(**block_kwargs, name="blocks_0")(carry, float(rates[0]))
+    if len(rates) == 1:
+        return carry
+    if scan:
+        scanned = nn.scan(
+            cls, variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True, "noise": True},
+            in_axes=0, length=len(rates) - 1)
+        carry, _ = scanned(**block_kwargs, name="blocks")(
+            carry, jnp.asarray(rates[1:]))
+        return carry
+    for i, rate in enumerate(rates[1:], start=1):
+        carry, _ = cls(**block_kwargs, name=f"blocks_{i}")(carry, float(rate))
+    return carry
+
+
+def params_to_scan(params: PyTree) -> PyTree:
+    """Loop layout (`blocks_0`, `blocks_1`, ...) -> scan layout (`blocks_0`, stacked `blocks`)."""
+    params = dict(params)
+    rest = []
+    i = 1
+    while f"blocks_{i}" in params:
+        rest.append(params.pop(f"blocks_{i}"))
+        i += 1
+    if rest:
+        params["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *rest)
+    return params
+
+
+def params_to_loop(params: PyTree) -> PyTree:
+    """Scan layout (`blocks_0`, stacked `blocks`) -> loop layout (`blocks_0`, `blocks_1`, ...)."""
+    params = dict(params)
+    stacked = params.pop("blocks", None)
+    if stacked is not None:
+        depth = jax.tree.leaves(stacked)[0].shape[0]
+        for i in range(depth):
+            params[f"blocks_{i + 1}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return params
+

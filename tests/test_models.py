@@ -1,0 +1,138 @@
+"""Registry, shapes, Nested-TNT switches, stacking layouts, dtype and stochastic depth."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nested_tnt_jax.models import (
+    create_model, list_models, model_config, params_to_loop, params_to_scan)
+from nested_tnt_jax.models.layers import drop_path_rates
+
+SMALL = "nested_tnt_cifar_patch8_32"
+# rbg keys: threefry's first compile per shape costs seconds on CPU, and these tests only need
+# randomness, not a particular generator.
+RNGS = {"dropout": jax.random.key(11, impl="rbg"), "noise": jax.random.key(12, impl="rbg")}
+
+
+def _images(size: int = 32, batch: int = 2, seed: int = 0) -> jax.Array:
+    return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
+
+
+def _init(model, seed: int = 0):
+    return model.init(jax.random.key(seed), _images(model.img_size, 1))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_output_shape_of_every_registered_model(name):
+    model = create_model(name, num_classes=7)
+    images = jnp.zeros((2, model.img_size, model.img_size, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+    for train in (False, True):
+        out = jax.eval_shape(
+            lambda v: model.apply(v, images, train=train, rngs=RNGS), variables)  # noqa: B023
+        assert out.shape == (2, 7) and out.dtype == jnp.float32
+    assert model.num_classes == 7 and model.img_size == images.shape[1]
+
+
+def test_registry_errors_are_clear():
+    with pytest.raises(ValueError, match="Unknown model 'tnt_xl'.*tnt_s_patch16_224"):
+        create_model("tnt_xl")
+    with pytest.raises(ValueError, match="nest_outer.*for model 'vit_small_patch16_224'"):
+        create_model("vit_small_patch16_224", nest_outer=True)
+    with pytest.raises(ValueError, match="not divisible by the patch size 16"):
+        create_model("tnt_s_patch16_224", img_size=200)
+
+
+def test_img_size_changes_the_sentence_grid():
+    model = create_model("tnt_s_patch16_224", img_size=64)
+    shapes = jax.eval_shape(lambda: _init(model))["params"]
+    assert model.img_size == 64 and shapes["patch_pos"].shape == (1, 17, 384)
+    assert shapes["pixel_pos"].shape == (1, 4, 4, 24)
+
+
+def test_nesting_off_computes_tnt_from_the_same_params():
+    tnt = create_model("tnt_cifar_patch8_32", num_classes=10)
+    nested = create_model(SMALL, num_classes=10)
+    plain = create_model(SMALL, num_classes=10, nest_inner=False, nest_outer=False)
+    assert model_config(SMALL)[1] == dict(model_config("tnt_cifar_patch8_32")[1],
+                                          nest_inner=True, nest_outer=True)
+    nested_params = _init(nested)["params"]
+    assert "mixer" in nested_params["blocks_1"]["attn_in"]
+    assert "mixer" not in nested_params["blocks_0"]["attn_in"]
+    tnt_params = _init(tnt)["params"]
+    assert jax.tree.structure(tnt_params) == jax.tree.structure(_init(plain)["params"])
+    x = _images()
+    ref = tnt.apply({"params": tnt_params}, x)
+    np.testing.assert_array_equal(plain.apply({"params": tnt_params}, x), ref)
+    # Train mode without noise or dropout is also TNT; nested differs from TNT.
+    np.testing.assert_array_equal(plain.apply({"params": tnt_params}, x, train=True), ref)
+    assert float(jnp.abs(nested.apply({"params": nested_params}, x) -
+                         tnt.apply({"params": nested_params}, x)).max()) > 1e-4
+
+
+@pytest.mark.parametrize("chain", ["nest_inner", "nest_outer"])
+def test_each_chain_is_a_separate_switch(chain):
+    model = create_model(SMALL, num_classes=10, **{chain: False})
+    params = _init(model)["params"]["blocks_1"]
+    on = "attn_out" if chain == "nest_inner" else "attn_in"
+    off = "attn_in" if chain == "nest_inner" else "attn_out"
+    assert "mixer" in params[on] and "mixer" not in params[off]
+
+
+def test_eval_is_deterministic_and_noise_only_in_training():
+    model = create_model(SMALL, num_classes=10)
+    variables = _init(model)
+    x = _images()
+    ev = model.apply(variables, x)
+    np.testing.assert_array_equal(model.apply(variables, x, train=False, rngs=RNGS), ev)
+    a = model.apply(variables, x, train=True, rngs=RNGS)
+    b = model.apply(variables, x, train=True, rngs=RNGS)
+    c = model.apply(variables, x, train=True, rngs={**RNGS, "noise": jax.random.key(99, impl="rbg")})
+    np.testing.assert_array_equal(a, b)  # same seed, same result
+    assert float(jnp.abs(a - ev).max()) > 1e-4 and float(jnp.abs(c - a).max()) > 1e-4
+    quiet = create_model(SMALL, num_classes=10, logit_noise=0.0)
+    np.testing.assert_allclose(quiet.apply(variables, x, train=True), ev, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vit_cifar_patch8_32", SMALL])
+def test_scan_and_remat_match_the_loop(name):
+    loop = create_model(name, num_classes=10)
+    params = _init(loop)["params"]
+    scanned = params_to_scan(params)
+    assert scanned["blocks"]["norm1" if name.startswith("vit") else "norm_in"]["scale"].shape[0] \
+        == loop.depth - 1
+    assert jax.tree.structure(params_to_loop(scanned)) == jax.tree.structure(params)
+    jax.tree.map(np.testing.assert_array_equal, params_to_loop(scanned), params)
+    x = _images()
+    ref = loop.apply({"params": params}, x)
+    scan = create_model(name, num_classes=10, scan_blocks=True, remat=True)
+    assert jax.tree.structure(_init(scan)["params"]) == jax.tree.structure(scanned)
+    np.testing.assert_allclose(scan.apply({"params": scanned}, x), ref, atol=1e-5)
+    train = jax.eval_shape(lambda p: scan.apply({"params": p}, x, train=True, rngs=RNGS), scanned)
+    assert train.shape == ref.shape
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    model = create_model(SMALL, num_classes=10, dtype="bfloat16")
+    assert model.dtype == jnp.bfloat16
+    variables = _init(model)
+    assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    x = _images()
+    out = model.apply(variables, x)
+    assert out.dtype == jnp.float32
+    ref = create_model(SMALL, num_classes=10).apply(variables, x)
+    assert float(jnp.abs(out - ref).max()) < 0.05 * float(jnp.abs(ref).max()) + 0.05
+    assert float(jnp.abs(out - ref).max()) > 0.0  # it did compute in bfloat16
+
+
+def test_drop_path_schedule_and_effect():
+    np.testing.assert_allclose(drop_path_rates(0.3, 4), [0.0, 0.1, 0.2, 0.3], atol=1e-7)
+    model = create_model("tnt_cifar_patch8_32", num_classes=10, drop_path_rate=0.5)
+    variables = _init(model)
+    x = _images()
+    ev = model.apply(variables, x)
+    tr = model.apply(variables, x, train=True, rngs=RNGS)
+    assert float(jnp.abs(tr - ev).max()) > 1e-4
+    dropped = create_model("tnt_cifar_patch8_32", num_classes=10, drop_rate=0.5)
+    assert float(jnp.abs(dropped.apply(variables, x, train=True, rngs=RNGS) - ev).max()) > 1e-4
