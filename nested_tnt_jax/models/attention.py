@@ -118,6 +118,9 @@ class Attention(nn.Module):
                 logits = logits + jnp.asarray(self.logit_noise, logits.dtype) * noise
             carried = logits
 
+        # Exposes the pre-softmax logits for inspection (`visualize.py`); a no-op unless the
+        # caller makes "intermediates" mutable.
+        self.sow("intermediates", "attention_logits", logits)
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop)(attn, deterministic=self.deterministic)
         y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, self.dim)
