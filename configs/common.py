@@ -1,0 +1,180 @@
+"""Shared config pieces: the full field set, argument parsing, the paper and CPU setups.
+
+Each `configs/<dataset>.py` only names its dataset and its paper hyper-parameters; every field a
+user can override lives here, so that `--config.x.y=...` on any dataset config accepts the same
+keys and a typo is refused by the locked ConfigDict.
+
+Config files are loaded by path (ml_collections' `config_flags`), not as a package, so the
+dataset configs load this file with `runpy.run_path` next to their own path rather than
+`import configs.common`.
+"""
+
+import ml_collections
+
+from nested_tnt_jax.data import dataset_info
+
+MODELS = ("vit", "tnt", "nested_tnt")
+# Registry names per family: the paper's 224 px "small" models, and the CPU-sized CIFAR ones
+# (patch 8: the patch-4 variants are too slow for a 2-core CPU, see configs/cifar10.py).
+PAPER_MODEL = {
+    "vit": "vit_small_patch16_224", "tnt": "tnt_s_patch16_224",
+    "nested_tnt": "nested_tnt_s_patch16_224",
+}
+CPU_MODEL = {m: f"{m}_cifar_patch8_32" for m in MODELS}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `key=value,flag` (the part after `:` in `configs/x.py:...`) into a ConfigDict.
+
+    A bare `flag` means `flag=True`. Values are converted to the type of the default, so
+    `defaults` names every accepted key; anything else is refused with the accepted list.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(
+                f"Unknown config argument {key!r} in {arg!r}. The accepted arguments are "
+                f"{', '.join(sorted(defaults))}, written as key=value or a bare flag, "
+                "separated by commas, e.g. `configs/cifar10.py:model=nested_tnt,cpu`."
+            )
+        kind = type(defaults[key])
+        if not _:
+            out[key] = True
+        elif kind is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        else:
+            out[key] = kind(value)
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field, with neutral defaults; dataset configs fill in the setup."""
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()
+    c.model.name = ""
+    # Keyword overrides for `create_model` (drop_path_rate, nest_inner, dtype, ...). Left open
+    # (unlocked): its keys are the model's keyword arguments, checked by `create_model`.
+    c.model.overrides = ml_collections.ConfigDict()
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = ""
+    c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+    # Splits and crop default to the dataset's entry in `nested_tnt_jax.data.DATASETS` (CIFAR:
+    # train[:98%] / train[98%:] for validation / test), filled in by `dataset_config`.
+    c.dataset.train_split = ""
+    c.dataset.eval_split = ""
+    c.dataset.test_split = ""
+
+    c.input = ml_collections.ConfigDict()
+    c.input.worker_count = 0
+    c.input.prefetch = 2
+    # Size of the uint8 images the host ships (0: image_size). CIFAR ships its native 32 px
+    # and the device upsamples bicubically to image_size, cutting host work and transfer.
+    c.input.host_image_size = 0
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.crop = "pad"
+    c.augment.pad = 4
+    c.augment.flip = True
+    c.augment.mixup_alpha = 0.0
+    c.augment.cutmix_alpha = 0.0
+    c.augment.label_smoothing = 0.0
+
+    c.image_size = 224
+    c.batch_size = 128
+    c.eval_batch_size = 0  # 0: same as batch_size.
+    c.num_epochs = 1.0
+    c.num_train_steps = -1
+    c.seed = 0
+    c.init_from = ""
+
+    c.checkpoint_every_steps = 1000
+    c.max_checkpoints_to_keep = 2
+    c.eval_every_steps = 1000
+    c.log_every_steps = 50
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.momentum = 0.9
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_steps = 500
+    c.optim.grad_clip_norm = 1.0
+    c.optim.grad_accum_steps = 1
+
+    # Device mesh: `model_axis` > 1 shards parameters and optimizer state over a second mesh
+    # axis of that size (FSDP style); batches are split over all devices either way.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.model_axis = 1
+    return c
+
+
+def dataset_config(
+    dataset: str,
+    arg: str | None,
+    *,
+    paper: dict,
+    cpu: dict | None = None,
+    cpu_by_family: dict[str, dict] | None = None,
+) -> ml_collections.ConfigDict:
+    """The config for `dataset`, paper setup by default, CPU setup with the `cpu` flag.
+
+    `paper` / `cpu` are flat `{"dotted.field": value}` dicts applied over `base_config()`;
+    `cpu_by_family[model]` adds settings only one family accepts (e.g. nested-attention
+    overrides that ViT does not have).
+    Arguments: `model=vit|tnt|nested_tnt`, `cpu` (only where the dataset has a CPU setup),
+    `steps=N` (sets num_train_steps), `batch=N` (sets batch_size).
+    """
+    args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
+    if args.model not in MODELS:
+        raise ValueError(
+            f"Config argument model={args.model!r} is not a model family. Use one of "
+            f"{', '.join(MODELS)}, e.g. `configs/{dataset}.py:model=tnt`."
+        )
+    if args.cpu and cpu is None:
+        raise ValueError(
+            f"configs/{dataset}.py has no `cpu` variant; drop the flag and use the paper setup."
+        )
+    c = base_config()
+    c.dataset.name = dataset
+    info = dataset_info(dataset)
+    c.dataset.train_split = info.train_split
+    c.dataset.eval_split = info.eval_split
+    c.dataset.test_split = info.test_split
+    c.augment.crop = info.crop
+    c.model.name = (CPU_MODEL if args.cpu else PAPER_MODEL)[args.model]
+    settings = dict(paper)
+    if args.cpu:
+        settings.update(cpu)
+        settings.update((cpu_by_family or {}).get(args.model, {}))
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    if args.steps:
+        c.num_train_steps = args.steps
+    if args.batch:
+        c.batch_size = args.batch
+    c.lock()
+    c.model.overrides.unlock()
+    return c
+
+
+# The paper's fine-tuning / pre-training recipe shared by all three datasets (224 px, SGD).
+PAPER = {
+    "image_size": 224,
+    "batch_size": 128,
+    "optim.name": "sgd",
+    "optim.learning_rate": 0.05,
+    "optim.momentum": 0.9,
+    "optim.weight_decay": 1e-4,
+    "optim.grad_clip_norm": 1.0,
+    "augment.mixup_alpha": 0.8,
+    "augment.label_smoothing": 0.1,
+    "model.overrides.drop_path_rate": 0.1,
+}

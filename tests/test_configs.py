@@ -1,0 +1,127 @@
+"""Configs: every setup loads with registered names, arguments parse, bad configs are refused
+before any work (and before anything is written)."""
+
+import os
+import pathlib
+import runpy
+
+import jax
+import pytest
+
+from nested_tnt_jax import data, models, train
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def get_config(name: str, arg: str | None = None):
+    return runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"](arg)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102"])
+@pytest.mark.parametrize("family", ["vit", "tnt", "nested_tnt"])
+def test_paper_configs_are_valid(name, family):
+    config = get_config(name, f"model={family}")
+    assert config.model.name in models.list_models()
+    assert config.model.name.startswith(family + "_")
+    assert config.dataset.name in data.DATASETS
+    assert config.image_size == 224
+    assert config.optim.name == "sgd" and config.optim.momentum == 0.9
+    assert config.augment.label_smoothing == 0.1 and config.augment.mixup_alpha > 0
+    train.validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cpu_variant_uses_cifar_models_at_32px(name):
+    config = get_config(name, "model=nested_tnt,cpu")
+    assert config.model.name == "nested_tnt_cifar_patch8_32"
+    assert config.image_size == 32
+    train.validate_config(config)
+
+
+def test_arguments_set_steps_and_batch():
+    config = get_config("cifar10", "model=tnt,cpu,steps=7,batch=64")
+    assert (config.model.name, config.num_train_steps, config.batch_size) == (
+        "tnt_cifar_patch8_32", 7, 64)
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("model=resnet", "model family"),
+    ("modle=vit", "Unknown config argument 'modle'"),
+])
+def test_bad_arguments_are_refused(arg, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("cifar10", arg)
+
+
+def test_flowers_has_no_cpu_variant():
+    with pytest.raises(ValueError, match="no `cpu` variant"):
+        get_config("flowers102", "cpu")
+
+
+def test_unknown_key_is_refused_by_the_locked_config():
+    config = get_config("cifar10")
+    with pytest.raises(AttributeError):
+        config.optim.learning_rat = 0.1
+    with pytest.raises(AttributeError):
+        config.bacth_size = 8
+
+
+def refusal(tmp_path, mutate, match):
+    """Runs train_and_evaluate on a broken config: it must fail fast and write nothing."""
+    config = get_config("cifar10", "model=vit,cpu")
+    mutate(config)
+    workdir = tmp_path / "run"
+    with pytest.raises(train.ConfigError, match=match):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_image_size_not_multiple_of_patch(tmp_path):
+    def mutate(c):
+        c.image_size = 30
+    refusal(tmp_path, mutate, r"config\.image_size is 30.*patch size 8")
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    assert jax.device_count() == 8
+
+    def mutate(c):
+        c.batch_size = 12
+    refusal(tmp_path, mutate, r"config\.batch_size is 12.*multiple of 8")
+
+
+def test_batch_not_divisible_into_micro_batches(tmp_path):
+    def mutate(c):
+        c.batch_size = 24
+        c.optim.grad_accum_steps = 2
+    refusal(tmp_path, mutate, r"config\.batch_size is 24.*multiple of 16")
+
+
+def test_unknown_model(tmp_path):
+    def mutate(c):
+        c.model.name = "vit_huge_patch14_224"
+    refusal(tmp_path, mutate, r"config\.model\.name is 'vit_huge_patch14_224'")
+
+
+def test_unknown_dataset(tmp_path):
+    def mutate(c):
+        c.dataset.name = "imagenet2012"
+    refusal(tmp_path, mutate, r"config\.dataset\.name is 'imagenet2012'")
+
+
+def test_unknown_model_override(tmp_path):
+    def mutate(c):
+        c.model.overrides.drop_path = 0.1
+    refusal(tmp_path, mutate, r"config\.model\.overrides.*drop_path")
+
+
+def test_model_axis_must_divide_devices(tmp_path):
+    def mutate(c):
+        c.mesh.model_axis = 3
+    refusal(tmp_path, mutate, r"config\.mesh\.model_axis is 3")
+
+
+def test_missing_init_from(tmp_path):
+    def mutate(c):
+        c.init_from = os.path.join(str(tmp_path), "nowhere")
+    refusal(tmp_path, mutate, r"config\.init_from .* does not exist")
