@@ -11,6 +11,7 @@ dataset configs load this file with `runpy.run_path` next to their own path rath
 
 import ml_collections
 
+from nested_tnt_jax import models
 from nested_tnt_jax.data import dataset_info
 
 MODELS = ("vit", "tnt", "nested_tnt")
@@ -21,6 +22,10 @@ PAPER_MODEL = {
     "nested_tnt": "nested_tnt_s_patch16_224",
 }
 CPU_MODEL = {m: f"{m}_cifar_patch8_32" for m in MODELS}
+# TNT-family switches always present in `model.overrides`: command-line flags can only set
+# existing fields, so this is what makes `--config.model.overrides.nest_inner=False` (and each
+# other ablation) a command-line change.
+NESTING_FIELDS = ("nest_inner", "nest_outer", "mixer", "mixer_ratio", "logit_noise")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -156,6 +161,10 @@ def dataset_config(
         for p in parents:
             node = node[p]
         node[leaf] = value
+    if args.model != "vit":
+        model = models.create_model(c.model.name, **c.model.overrides.to_dict())
+        for field in NESTING_FIELDS:
+            c.model.overrides[field] = getattr(model, field)
     if args.steps:
         c.num_train_steps = args.steps
     if args.batch:

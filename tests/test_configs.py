@@ -125,3 +125,17 @@ def test_missing_init_from(tmp_path):
     def mutate(c):
         c.init_from = os.path.join(str(tmp_path), "nowhere")
     refusal(tmp_path, mutate, r"config\.init_from .* does not exist")
+
+
+def test_nesting_switches_are_present_for_command_line_overrides():
+    """`--config.model.overrides.<switch>=...` needs the field to exist with its type."""
+    config = get_config("cifar10", "model=nested_tnt,cpu")
+    overrides = config.model.overrides
+    assert (overrides.nest_inner, overrides.nest_outer, overrides.mixer) == (True, True, True)
+    assert overrides.logit_noise == 0.1  # the CPU setup's own value is kept
+    overrides.nest_inner, overrides.mixer, overrides.logit_noise = False, False, 0.0
+    model = models.create_model(config.model.name, **overrides.to_dict())
+    assert (model.nest_inner, model.nest_outer, model.mixer, model.logit_noise) == (
+        False, True, False, 0.0)
+    assert get_config("cifar10", "model=tnt").model.overrides.nest_outer is False
+    assert "nest_inner" not in get_config("cifar10", "model=vit").model.overrides
