@@ -29,7 +29,7 @@ RESULT_KEYS = {"test_top1", "test_top5", "test_loss", "test_examples", "num_para
 
 def tiny_config(name: str, model: str, steps: int = 4):
     """A config file's setup shrunk to seconds: tiny 32 px model, batch 16, frequent events."""
-    arg = "model=nested_tnt" if name == "flowers102" else f"model={model},cpu"
+    arg = f"model={model}" if name == "flowers102" else f"model={model},cpu"
     config = runpy.run_path(str(CONFIGS / f"{name}.py"))["get_config"](arg)
     family = "vit" if model == "vit" else "tnt"
     config.model.name = f"{model}_cifar_patch8_32"
