@@ -14,12 +14,18 @@ def _x(seed: int = 0, shape=(3, 5, DIM)) -> jax.Array:
     return jax.random.normal(jax.random.key(seed), shape)
 
 
+def _heads_first(t: jax.Array) -> jax.Array:
+    """(b, h, q, k) -> the (h, b, q, k) layout of the carried logits."""
+    return jnp.swapaxes(t, 0, 1)
+
+
 def _scores(params, x):
-    """S = Q K^T / sqrt(d) from an Attention's qk params, written out independently."""
+    """S = Q K^T / sqrt(d) from an Attention's qk params, written out independently, laid out
+    (h, b, q, k) like the carried logits."""
     b, n, _ = x.shape
     qk = (x @ params["qk"]["kernel"]).reshape(b, n, 2, HEADS, DIM // HEADS)
     q, k = qk[:, :, 0].transpose(0, 2, 1, 3), qk[:, :, 1].transpose(0, 2, 1, 3)
-    return q @ k.transpose(0, 1, 3, 2) / np.sqrt(DIM // HEADS)
+    return _heads_first(q @ k.transpose(0, 1, 3, 2) / np.sqrt(DIM // HEADS))
 
 
 def test_plain_attention_matches_softmax_reference_and_carries_nothing():
@@ -28,7 +34,7 @@ def test_plain_attention_matches_softmax_reference_and_carries_nothing():
     params = attn.init(jax.random.key(1), x)["params"]
     y, logits = attn.apply({"params": params}, x)
     assert logits is None
-    probs = jax.nn.softmax(_scores(params, x), axis=-1)
+    probs = _heads_first(jax.nn.softmax(_scores(params, x), axis=-1))
     v = (x @ params["v"]["kernel"]).reshape(3, 5, HEADS, -1).transpose(0, 2, 1, 3)
     ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(3, 5, DIM)
     ref = ctx @ params["proj"]["kernel"] + params["proj"]["bias"]
@@ -48,7 +54,7 @@ def test_first_layer_of_chain_carries_scores_and_has_no_mixer():
 def test_later_layer_adds_previous_logits_and_mixer(mixer):
     attn = Attention(DIM, HEADS, nested=True, mixer=mixer)
     x = _x()
-    prev = jax.random.normal(jax.random.key(2), (3, HEADS, 5, 5))
+    prev = jax.random.normal(jax.random.key(2), (HEADS, 3, 5, 5))
     params = attn.init(jax.random.key(1), x, prev)["params"]
     assert ("mixer" in params) == mixer
     _, logits = attn.apply({"params": params}, x, prev)
@@ -63,7 +69,7 @@ def test_later_layer_adds_previous_logits_and_mixer(mixer):
 def test_mixer_is_an_mlp_over_heads_with_xavier_init():
     heads, ratio = 6, 4
     mixer = LogitMixer(heads, ratio)
-    z = jax.random.normal(jax.random.key(0), (2, heads, 7, 7))
+    z = jax.random.normal(jax.random.key(0), (heads, 2, 7, 7))
     params = mixer.init(jax.random.key(1), z)["params"]
     shapes = {k: (v["kernel"].shape, v["bias"].shape) for k, v in params.items()}
     h = heads * ratio
@@ -83,7 +89,7 @@ def test_mixer_is_an_mlp_over_heads_with_xavier_init():
 
 def test_noise_only_in_training_and_scaled():
     x = _x()
-    prev = jax.random.normal(jax.random.key(2), (3, HEADS, 5, 5))
+    prev = jax.random.normal(jax.random.key(2), (HEADS, 3, 5, 5))
     eval_attn = Attention(DIM, HEADS, nested=True)
     params = eval_attn.init(jax.random.key(1), x, prev)["params"]
     _, clean = eval_attn.apply({"params": params}, x, prev)

@@ -3,7 +3,7 @@
 Nested multi-head attention (CODA, Zheng et al., ACL 2021; Nested ViT, Peng et al., ICME 2023)
 lets each layer see the previous layer's attention logits:
 
-    S_l = Q K^T / sqrt(d_head)                       shape (batch, heads, queries, keys)
+    S_l = Q K^T / sqrt(d_head)                       shape (heads, batch, queries, keys)
     A_1 = S_1
     Z_l = S_l + Ã_{l-1},  A_l = Z_l + g_l(Z_l)       l >= 2
     Ã_l = A_l + ε, ε ~ N(0, 1) (training only)       carried to layer l + 1
@@ -12,6 +12,11 @@ lets each layer see the previous layer's attention logits:
 g_l (`LogitMixer`) is an MLP over the head axis at every (query, key) position. The carried
 logits are an explicit input and output of `Attention.__call__`, never module state, so the
 chain survives `nn.scan` and `nn.remat` untouched.
+
+Logits are laid out heads first, (h, b, q, k): the mixer then is a plain (g, h) x (h, b*q*k)
+matrix product over contiguous rows, with no transpose of the largest tensor in the model.
+On a 2-core CPU this made the mixer's forward and backward 1.5-3x faster than contracting over
+axis 1 of (b, h, q, k), and Nested-TNT's training step ~14% faster (benchmarks/throughput.py).
 """
 
 
@@ -27,25 +32,25 @@ mixer_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 
 
 class HeadDense(nn.Module):
-    """A Dense over axis 1 of (b, h, n) logits, as one einsum without transposes."""
+    """A Dense over axis 0 of (h, n) logits: one plain (g, h) x (h, n) matrix product."""
 
     features: int
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", mixer_init, (z.shape[1], self.features), jnp.float32)
+        kernel = self.param("kernel", mixer_init, (z.shape[0], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = jnp.einsum("bhn,hg->bgn", z, kernel.astype(self.dtype))
+        y = jnp.einsum("hn,hg->gn", z, kernel.astype(self.dtype))
         return y + bias.astype(self.dtype)[:, None]
 
 
 class LogitMixer(nn.Module):
     """g(Z): heads -> ratio*heads -> ratio*heads -> heads, LeakyReLU(0.2) between the layers.
 
-    Applied in the logits' own (b, h, q, k) layout, with (q, k) merged into one axis (a free
-    reshape), so the large logit tensor is never transposed; on CPU this is ~1.7x faster than
-    contracting over h of the 4-D tensor. Xavier-uniform (gain 1/sqrt(2)) kernels, zero biases.
+    Applied in the logits' own heads-first (h, b, q, k) layout, with (b, q, k) merged into one
+    axis (a free reshape), so each layer is one matrix product and the large logit tensor is
+    never transposed. Xavier-uniform (gain 1/sqrt(2)) kernels, zero biases.
 
     Size: for TNT-S (inner 4 heads, outer 6 heads, ratio 4) the two mixers of a layer hold
     420 + 918 parameters, about 15k over 11 layers. The Nested-TNT paper reports ~2M more
@@ -60,7 +65,7 @@ class LogitMixer(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
         hidden = self.ratio * self.num_heads
-        y = z.reshape(*z.shape[:2], -1)
+        y = z.reshape(z.shape[0], -1)
         y = nn.leaky_relu(HeadDense(hidden, self.dtype, name="fc1")(y), 0.2)
         y = nn.leaky_relu(HeadDense(hidden, self.dtype, name="fc2")(y), 0.2)
         return HeadDense(self.num_heads, self.dtype, name="fc3")(y).reshape(z.shape)
@@ -70,7 +75,7 @@ class Attention(nn.Module):
     """timm's multi-head attention, optionally one link of a nested-attention chain.
 
     `fused_qkv` picks timm's ViT layout (one `qkv` Linear) over its TNT layout (`qk` and `v`).
-    `__call__(x, prev_logits)` returns `(y, logits)`. With `nested=False` logits are None and
+    `__call__(x, prev_logits)` returns `(y, logits)`, logits laid out (heads, batch, q, k). With `nested=False` logits are None and
     this is exactly timm's attention. With `nested=True` the returned logits are Ã_l; pass
     `prev_logits=None` for the first layer of a chain (no mixer is created there). `mixer=False`
     drops g_l (A_l = S_l + Ã_{l-1}); `logit_noise` scales ε (0 turns it off). Any leading batch
@@ -106,7 +111,7 @@ class Attention(nn.Module):
             q, k = qk[:, :, 0], qk[:, :, 1]
             v = dense(self.dim, "v", self.dtype, self.qkv_bias)(x).reshape(b, n, h, d)
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(d**-0.5, self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->hbqk", q, k) * jnp.asarray(d**-0.5, self.dtype)
         carried = None
         if self.nested:
             if prev_logits is not None:
@@ -120,10 +125,10 @@ class Attention(nn.Module):
 
         # Exposes the pre-softmax logits for inspection (`visualize.py`); a no-op unless the
         # caller makes "intermediates" mutable.
-        self.sow("intermediates", "attention_logits", logits)
+        self.sow("intermediates", "attention_logits", jnp.swapaxes(logits, 0, 1))
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop)(attn, deterministic=self.deterministic)
-        y = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, self.dim)
+        y = jnp.einsum("hbqk,bkhd->bqhd", attn, v).reshape(b, n, self.dim)
         y = dense(self.dim, "proj", self.dtype)(y)
         y = nn.Dropout(self.proj_drop)(y, deterministic=self.deterministic)
         return y, carried
