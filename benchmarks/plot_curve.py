@@ -24,7 +24,8 @@ def plot(workdir: str, out: str) -> None:
         if points:
             ax.plot([p["step"] for p in points], [100 * p["top1"] for p in points], style,
                     markersize=10 if split == "test" else 4,
-                    label="validation (train[98%:])" if split == "eval" else "test (10k)")
+                    label=f"{'validation' if split == 'eval' else 'test'} "
+                          f"({int(points[-1]['examples']):,} images)")
     title = os.path.basename(os.path.normpath(workdir))
     results_path = os.path.join(workdir, RESULTS_FILE)
     if os.path.exists(results_path):
