@@ -58,10 +58,12 @@ def matmul_peak_flops(dtype: str) -> float:
 class JaxBench:
     """Compiled training and inference steps of one of our models, ready to time."""
 
-    def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int):
+    def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
+                 **overrides):
         self.name = name
         self.batch = batch
-        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size, dtype=dtype)
+        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size,
+                                         dtype=dtype, **overrides)
         size = self.model.img_size
         rng = jax.random.key(0)
         self.images = jax.random.normal(rng, (batch, size, size, 3), jnp.float32)

@@ -2,8 +2,9 @@
 
 Scalars go to TensorBoard event files and log lines (clu's default writer; only process 0
 writes files), progress and throughput to `periodic_actions.ReportProgress`, the parameter
-table to the log at start. Evaluations are also appended to `workdir/history.jsonl` (one JSON
-object per evaluation, used for plots) and the final numbers go to `workdir/results.json`.
+table to the log at start. The run's config goes to `workdir/config.json` at start,
+evaluations are appended to `workdir/history.jsonl` (one JSON object per evaluation, used for
+plots) and the final numbers go to `workdir/results.json`; process 0 writes them all.
 """
 
 import json
@@ -12,16 +13,21 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 HISTORY_FILE = "history.jsonl"
 RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
 
 
 class Reporter:
     """Writers and progress reporting for one run in `workdir`."""
 
     def __init__(self, workdir: str, num_train_steps: int, log_every_steps: int):
+        # clu brings in TensorFlow (seconds to import): loaded when a run starts reporting,
+        # so that a refused config or dataset need not wait for it.
+        from clu import metric_writers, periodic_actions
+
         self.workdir = workdir
         self._primary = jax.process_index() == 0
         self.writer = metric_writers.create_default_writer(
@@ -33,7 +39,14 @@ class Reporter:
         )
 
     def log_parameters(self, params: Any) -> int:
-        """Logs the parameter table (shapes and statistics) and returns the parameter count."""
+        """Logs the parameter table (shapes and statistics) and returns the parameter count.
+
+        `params` may be global arrays sharded over processes; they are gathered to the host
+        first (a collective: every process calls this).
+        """
+        from clu import parameter_overview
+
+        params = multihost_utils.process_allgather(params, tiled=True)
         parameter_overview.log_parameter_overview(params, jax_logging_process=0)
         return parameter_overview.count_parameters(params)
 
@@ -75,6 +88,13 @@ class Reporter:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+def write_config_file(workdir: str, config: Any) -> None:
+    """Writes the run's config as `workdir/config.json` (the caller picks the process); read
+    back by `predict.read_run_config`."""
+    with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _plain(value: Any) -> Any:

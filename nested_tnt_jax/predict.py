@@ -1,7 +1,8 @@
 """Classify image files with a trained run: `python -m nested_tnt_jax.predict --workdir=DIR IMG...`.
 
 A run's workdir holds everything needed: the orbax checkpoints (`checkpointing`) and the config
-it ran with, recorded by `metrics.Reporter.write_config` as TensorBoard hparams. The config
+it ran with, `config.json` (`metrics.write_config_file`; runs from before it have only the
+TensorBoard hparams of `metrics.Reporter.write_config`, which are read instead). The config
 gives the model (name and overrides), its resolution and the dataset (class count, mean/std,
 host crop), so an image is seen exactly as the run's eval pipeline sees it: host `eval_view`,
 then on-device `data.preprocess(train=False)`.
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import functools
 import glob
+import json
 import os
 import struct
 import sys
@@ -27,7 +29,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from nested_tnt_jax import checkpointing, data, models
+from nested_tnt_jax import checkpointing, data, metrics, models
 from nested_tnt_jax.data.augment import eval_view
 
 TOP_K = 5
@@ -59,10 +61,30 @@ def _tfrecords(path: str):
 def read_run_config(workdir: str) -> dict[str, Any]:
     """The flat config (`"model.name"`, `"model.overrides.depth"`, ...) a run recorded.
 
-    `metrics.Reporter.write_config` stores it as TensorBoard hparams in the workdir's event
-    files; numbers come back as floats and None as the string "None". Empty when the workdir
-    holds no recorded config.
+    From `config.json` when the run wrote one, else from the TensorBoard hparams of older
+    runs. Empty when the workdir holds no recorded config.
     """
+    path = os.path.join(workdir, metrics.CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return _flatten(json.load(f))
+    return _read_hparams(workdir)
+
+
+def _flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"name": x}} -> {"model.name": x}."""
+    flat = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_hparams(workdir: str) -> dict[str, Any]:
+    """The flat config of `metrics.Reporter.write_config`'s TensorBoard hparams in the
+    workdir's event files; numbers come back as floats and None as the string "None"."""
     from tensorboard.compat.proto import event_pb2  # noqa: PLC0415 (protobuf only, no TF)
     from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: PLC0415
 
@@ -136,8 +158,9 @@ def load_run(workdir: str) -> Run:
     if "model.name" not in flat:
         raise RunError(
             f"{workdir!r} is not a training run's workdir: it holds no recorded config "
-            "(TensorBoard events with the run's hparams). Pass --workdir=DIR with the directory "
-            "given to `python -m nested_tnt_jax.main --workdir=DIR` for a run that has started.")
+            f"({metrics.CONFIG_FILE}, or TensorBoard events with the run's hparams). Pass "
+            "--workdir=DIR with the directory given to `python -m nested_tnt_jax.main "
+            "--workdir=DIR` for a run that has started.")
     try:
         params = checkpointing.load_run_params(workdir)
     except FileNotFoundError:
@@ -146,6 +169,8 @@ def load_run(workdir: str) -> Run:
             f"{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}). Wait until the run saves "
             "one (every config.checkpoint_every_steps steps, and at the end), or point "
             "--workdir at a finished run.") from None
+    except checkpointing.CheckpointError as e:
+        raise RunError(str(e)) from None
     info = data.dataset_info(flat["dataset.name"])
     image_size = int(flat["image_size"])
     model = models.create_model(flat["model.name"], num_classes=info.num_classes,

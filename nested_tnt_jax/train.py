@@ -26,6 +26,15 @@ class ConfigError(ValueError):
     """A config the run refuses before doing any work; the message says what to change."""
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside the program; the message says what to do."""
+
+
+# Failures whose message is the whole explanation (bad data_dir, unwritable workdir or
+# checkpoint, divergence): `main.py` prints them as one paragraph, without a traceback.
+RUN_ERRORS = (RunError, checkpointing.CheckpointError, FloatingPointError, OSError)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (one paragraph naming the field) for a config that cannot run.
 
@@ -158,11 +167,29 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
                 )
 
 
+def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Creates `workdir` and writes `config.json` (process 0).
+
+    This is the run's first write, made after every check that can refuse the config or the
+    data, so that a refused run leaves nothing behind; and it comes before any compilation, so
+    that an unwritable workdir fails in seconds.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            metrics.write_config_file(workdir, config)
+    except OSError as e:
+        raise RunError(
+            f"The workdir {workdir!r} cannot be written ({e.strerror or e}). Pass a --workdir "
+            "that you can write to, or fix its permissions or free disk space.") from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests.
 
     Returns the results dict also written to `workdir/results.json`, or None when a SIGTERM
-    stopped the run (after saving a checkpoint to resume from).
+    stopped the run (after saving a checkpoint to resume from). Errors that explain themselves
+    are `RUN_ERRORS` (and ConfigError, raised before anything is read or written).
     """
     validate_config(config)
     wall_start = time.time()
@@ -174,16 +201,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = num_train_steps(config, data.split_size(ds.name, ds.train_split, ds.data_dir))
     tx, schedule = optim.create_optimizer(config.optim, total_steps)
 
-    os.makedirs(workdir, exist_ok=True)
-    reporter = metrics.Reporter(workdir, total_steps, config.log_every_steps)
-    reporter.write_config(config)
-    train_iter = data.create_train_iterator(
-        ds.name, ds.train_split, data_dir=ds.data_dir, global_batch_size=config.batch_size,
-        host_image_size=_host_image_size(config), seed=config.seed, crop=config.augment.crop,
-        pad=config.augment.pad, flip=config.augment.flip,
-        worker_count=config.input.worker_count, prefetch=config.input.prefetch,
-    )
-
     def eval_batches(split: str) -> data.EvalBatches:
         return data.create_eval_batches(
             ds.name, split, data_dir=ds.data_dir, global_batch_size=_eval_batch_size(config),
@@ -192,31 +209,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     # Shapes and shardings come from an abstract init; the real init is jitted with those
-    # out_shardings, so parameters are created directly where they live.
-    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    # out_shardings, so parameters are created directly where they live (pre-trained ones
+    # included: `overlay` runs inside the jit, on every process alike).
+    def init_state(pretrained):
+        params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        params = steps.init_params(model, params_rng)
+        if pretrained:
+            params = checkpointing.overlay(params, pretrained)
+        return steps.create_train_state(params, tx, state_rng)
 
-    def init_state(params_rng):
-        return steps.create_train_state(steps.init_params(model, params_rng), tx, state_rng)
-
-    abstract = jax.eval_shape(init_state, init_rng)
+    abstract = jax.eval_shape(init_state, None)
     state_sharding = _state_shardings(abstract, mesh)
+    pretrained = None
+    if config.init_from and not checkpointing.has_checkpoints(workdir):
+        pretrained = checkpointing.load_pretrained(
+            config.init_from, config.model.name, config.image_size, abstract.params)
+    _prepare_workdir(workdir, config)
+    reporter = metrics.Reporter(workdir, total_steps, config.log_every_steps)
+    reporter.write_config(config)
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
-    if checkpointer.latest_step() is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, state_sharding)
-        state = checkpointer.restore(target, train_iter)
+    try:
+        state = checkpointer.restore(jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract, state_sharding))
+    except checkpointing.CheckpointError:
+        checkpointer.close()
+        raise
+    if state is not None:
         logging.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
     else:
-        state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
-        if config.init_from:
-            params = checkpointing.load_pretrained(
-                config.init_from, config.model.name, config.image_size,
-                jax.device_get(state.params))
-            state = jax.jit(
-                lambda p: steps.create_train_state(p, tx, state_rng),
-                out_shardings=state_sharding,
-            )(params)
-    num_params = reporter.log_parameters(jax.device_get(state.params))
+        state = jax.jit(init_state, out_shardings=state_sharding)(pretrained)
+    start_step = int(state.step)
+    # With several processes, tells jax's preemption protocol where the run starts, so that a
+    # SIGTERM that arrives while the steps compile stops the run at its first step.
+    checkpointer.reached_preemption(start_step)
+    num_params = reporter.log_parameters(state.params)
+    train_iter = data.create_train_iterator(
+        ds.name, ds.train_split, data_dir=ds.data_dir, global_batch_size=config.batch_size,
+        host_image_size=_host_image_size(config), seed=config.seed, crop=config.augment.crop,
+        pad=config.augment.pad, flip=config.augment.flip,
+        worker_count=config.input.worker_count, prefetch=config.input.prefetch,
+        start_step=start_step,
+    )
 
     preprocess = _preprocess_fn(config, info)
     replicated = sharding.replicated_sharding(mesh)
@@ -235,7 +269,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     validation = eval_batches(ds.eval_split)
 
-    start_step = int(state.step)
     last_saved = start_step
     pending: list[tuple[int, Any]] = []
     stop = checkpointing.StopSignal().install()
@@ -273,7 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 jax.block_until_ready(state)
                 timed_seconds += time.perf_counter() - timer
                 if do_save:
-                    checkpointer.save(state, train_iter, step)
+                    checkpointer.save(state, step)
                     last_saved = step
                 if do_eval:
                     reporter.write_eval(step, "eval", evaluate(eval_fn, state.params, validation,

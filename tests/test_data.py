@@ -93,21 +93,24 @@ def test_flowers_mock_images_vary_in_size(tmp_path):
 @pytest.mark.parametrize("global_batch", [8, 12])
 def test_eval_counts_every_example_once_over_simulated_processes(global_batch, tmp_path):
     num_examples = 37  # does not divide by the batch sizes
-    seen, masked, steps = [], 0, set()
+    seen, masked, steps, rows = [], 0, set(), {}
+    make = functools.partial(
+        data.create_eval_batches, "cifar10", "test", data_dir=str(tmp_path),
+        global_batch_size=global_batch, host_image_size=32)
     with mocked(num_examples):
         for process in range(2):
-            evals = data.create_eval_batches(
-                "cifar10", "test", data_dir=str(tmp_path), global_batch_size=global_batch,
-                host_image_size=32, process_index=process, process_count=2,
-            )
+            evals = make(process_index=process, process_count=2)
             batches = list(evals)
             steps.add((len(batches), evals.num_steps, len(evals)))
-            for batch in batches:
+            for step, batch in enumerate(batches):
                 assert batch["image"].shape[0] == global_batch // 2
                 masked += int(batch["mask"].sum())
                 seen.extend(batch["index"][batch["mask"]].tolist())
                 assert np.all(batch["index"][~batch["mask"]] == -1)
+                rows.setdefault(step, []).extend(batch["index"].tolist())
+        alone = [b["index"].tolist() for b in make(process_index=0, process_count=1)]
     assert steps == {(-(-num_examples // global_batch),) * 3}
+    assert alone == [rows[step] for step in sorted(rows)]  # the same global batches
     assert masked == num_examples == evals.num_examples
     assert sorted(seen) == list(range(num_examples))
 
@@ -124,20 +127,21 @@ def test_eval_passes_repeat_identically(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_train_shards_are_disjoint_and_reshuffled_each_epoch(tmp_path):
+def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):
+    """The global batch is the same records whatever the process count; epochs reshuffle."""
     with mocked():
         reference = source_images("cifar10", "train", tmp_path)
-        epochs = {}
-        for process in range(2):
-            train = plain_train("cifar10", tmp_path, seed=3, process_index=process, process_count=2)
-            # 20 records per process, 4 per local batch: 5 batches per epoch.
-            ids = [identify(next(train)["image"], reference) for _ in range(10)]
-            epochs[process] = (sum(ids[:5], []), sum(ids[5:], []))
-    for first, second in epochs.values():
-        assert sorted(first) == sorted(second) and len(set(first)) == 20
-        assert first != second
-    assert set(epochs[0][0]).isdisjoint(epochs[1][0])
-    assert set(epochs[0][0]) | set(epochs[1][0]) == set(range(NUM_EXAMPLES))
+        alone = plain_train("cifar10", tmp_path, seed=3, process_index=0, process_count=1)
+        pair = [plain_train("cifar10", tmp_path, seed=3, process_index=p, process_count=2)
+                for p in range(2)]
+        # 40 records, global batch 8: 5 batches per epoch; 10 batches cross into epoch two.
+        ids = [identify(next(alone)["image"], reference) for _ in range(10)]
+        for batch in ids:
+            rows = sum((identify(next(it)["image"], reference) for it in pair), [])
+            assert rows == batch
+    first, second = sum(ids[:5], []), sum(ids[5:], [])
+    assert sorted(first) == sorted(second) == list(range(NUM_EXAMPLES))
+    assert first != second
 
 
 def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
@@ -156,18 +160,16 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     assert not all(np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
 
 
-def test_restored_iterator_yields_the_uninterrupted_batches(tmp_path):
-    make = lambda: data.create_train_iterator(  # noqa: E731
-        "cifar10", data_dir=str(tmp_path), global_batch_size=12, host_image_size=32, seed=7
+def test_start_step_yields_the_uninterrupted_batches(tmp_path):
+    """A resumed run's iterator (start_step=k) continues the batches of an uninterrupted one."""
+    make = lambda start: data.create_train_iterator(  # noqa: E731
+        "cifar10", data_dir=str(tmp_path), global_batch_size=12, host_image_size=32, seed=7,
+        start_step=start,
     )
     with mocked():
-        run = make()
-        for _ in range(2):
-            next(run)
-        state = run.get_state()
-        expected = [next(run) for _ in range(5)]  # crosses the epoch boundary at 40 records
-        resumed = make()
-        resumed.set_state(state)
+        run = make(0)
+        expected = [next(run) for _ in range(7)][2:]  # crosses the epoch boundary at 40 records
+        resumed = make(2)
         got = [next(resumed) for _ in range(5)]
     for x, y in zip(expected, got):
         np.testing.assert_array_equal(x["image"], y["image"])
@@ -359,18 +361,22 @@ def test_preprocess_is_deterministic_in_the_rng():
 
 
 def test_worker_process_batches_match_in_process_ones_and_resume(tmp_path):
-    make = lambda workers: data.create_train_iterator(  # noqa: E731
+    """Batches do not depend on the worker count, and start_step works with workers."""
+    make = lambda workers, start=0: data.create_train_iterator(  # noqa: E731
         "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=8, host_image_size=24,
-        seed=4, worker_count=workers, prefetch=1,
+        seed=4, worker_count=workers, prefetch=1, start_step=start,
     )
+    evals = lambda workers: [b["index"].tolist() for b in data.create_eval_batches(  # noqa: E731
+        "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=16, host_image_size=24,
+        worker_count=workers, prefetch=1)]
     with mocked():
         in_process = make(0)
         reference = [next(in_process) for _ in range(3)]
-        run = make(1)  # one worker sees the records in the same order as no worker
-        for expected in reference[:2]:
-            np.testing.assert_array_equal(next(run)["image"], expected["image"])
-        state = run.get_state()
-        resumed = make(1)
-        resumed.set_state(state)
-        np.testing.assert_array_equal(next(resumed)["image"], reference[2]["image"])
-        del run, resumed
+        workers = make(2)
+        for expected in reference:
+            np.testing.assert_array_equal(next(workers)["image"], expected["image"])
+        resumed = make(2, start=1)  # starts on the second worker's turn
+        for expected in reference[1:]:
+            np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
+        del workers, resumed
+        assert evals(2) == evals(0) and len(evals(0)) == 3  # 40 records: 3 batches of 16

@@ -1,8 +1,9 @@
 """`predict`: top-5 per image from a run's workdir, per-file errors, CLI exit codes.
 
 The run is faked in seconds with the trainer's own writers: the config through
-`metrics.Reporter.write_config`, a checkpoint of fresh tiny-model params through
-`checkpointing.Checkpointer`. `make_run` is shared with test_visualize.py.
+`metrics.write_config_file` (and the TensorBoard hparams that older runs have instead), a
+checkpoint of fresh tiny-model params through `checkpointing.Checkpointer`. `make_run` is
+shared with test_visualize.py.
 """
 
 import os
@@ -27,13 +28,6 @@ TINY_TNT = dict(embed_dim=16, depth=3, inner_dim=8, num_heads_outer=2, num_heads
                 mlp_ratio=1.0, scan_blocks=True)
 
 
-class _NoData:
-    """Stands in for the train iterator: a checkpoint also stores the data position."""
-
-    def get_state(self) -> bytes:
-        return b"{}"
-
-
 def make_config(data_dir: str | None = DATA_DIR):
     config = runpy.run_path(str(ROOT / "configs" / "cifar10.py"))["get_config"](
         "model=nested_tnt,cpu")
@@ -43,10 +37,14 @@ def make_config(data_dir: str | None = DATA_DIR):
     return config
 
 
-def write_config(config, workdir) -> None:
+def write_config(config, workdir, legacy: bool = False) -> None:
+    """The config as the trainer records it: config.json and TensorBoard hparams; `legacy`:
+    the hparams alone, as runs from before config.json have."""
     reporter = metrics.Reporter(str(workdir), 1, 1)
     reporter.write_config(config)
     reporter.close()
+    if not legacy:
+        metrics.write_config_file(str(workdir), config)
 
 
 def random_params(model, seed: int):
@@ -66,7 +64,7 @@ def make_run(workdir, seed: int = 0):
     params = random_params(model, seed)
     state = steps.create_train_state(params, optax.sgd(0.1), jax.random.PRNGKey(seed))
     checkpointer = checkpointing.Checkpointer(str(workdir), max_to_keep=1)
-    checkpointer.save(state, _NoData(), 1)
+    checkpointer.save(state, 1)
     checkpointer.close()
     return config, params
 
@@ -103,9 +101,12 @@ def corrupt(tmp_path_factory):
     return str(path)
 
 
-def test_recorded_config_round_trips_with_field_types(run_dir):
-    workdir, config, _ = run_dir
-    flat = predict.read_run_config(str(workdir))
+@pytest.mark.parametrize("legacy", [False, True])
+def test_recorded_config_round_trips_with_field_types(tmp_path, legacy):
+    config = make_config()
+    write_config(config, tmp_path, legacy=legacy)
+    assert (tmp_path / metrics.CONFIG_FILE).exists() != legacy
+    flat = predict.read_run_config(str(tmp_path))
     assert flat["model.name"] == config.model.name
     overrides = predict.model_overrides(config.model.name, flat)
     assert overrides == config.model.overrides.to_dict()

@@ -1,19 +1,21 @@
-"""grain pipelines: the repeating, checkpointable train iterator and exact eval batches.
+"""grain pipelines: the endless train batches from any step, and exact eval batches.
 
-Each process reads only its shard (grain ShardOptions from the jax process index) and yields
-host batches of `global_batch_size // process_count` examples; `sharding.global_batch`
-assembles the global array. Both pipelines use grain's `DataLoader` over an `IndexSampler`:
-its iterator has `get_state()` / `set_state()` (and works with grain's orbax checkpoint
-handler), shuffles with a new order each epoch, and seeds each record's augmentation from
-(seed, position), so batches do not depend on timing or on where a run resumed. They do
-depend on `worker_count` (grain deals records to workers round-robin and each worker batches
-its own), so a resumed run must keep the worker count; grain's state check enforces that.
+Both read one global order of the records (for training a grain `IndexSampler` that shuffles
+anew each epoch and seeds each record's augmentation from (seed, position)); global batch `b`
+is positions `[b * G, (b + 1) * G)` of that order, and each process reads only its rows of it,
+`global_batch_size // process_count` of them, which `sharding.global_batch` assembles into the
+global array. So a batch depends on the seed and the step alone: not on the number of
+processes or grain workers, nor on timing, and a resumed run needs no saved iterator state,
+only the step to start from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -100,8 +102,55 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _loader(source, sampler, operations, worker_count, prefetch, shard_options):
-    """A grain DataLoader with this pipeline's read settings.
+class GlobalBatchRows:
+    """grain sampler: this process's rows of each global batch of a global `order`.
+
+    Row `r` of global batch `b` is position `b * global + process_index * local + r` of
+    `order`, whose record key and rng (the augmentation seed) it hands on, so a global batch
+    is the same records for any process count, and the stream starts at batch `start_batch`.
+    grain's `Batch` batches within each worker: with `w` workers, worker `i` reads the
+    sampler's indices `i, i + w, ...`, its `m`-th batch is the loader's batch `m * w + i`
+    (workers take turns), and the sampler is laid out so that this is the right global batch
+    for any `w`. `num_batches` (None: endless) bounds the batches; a multiple of `w`, so
+    that each worker's last batch is full.
+    """
+
+    def __init__(self, order: Any, *, global_batch_size: int, process_index: int,
+                 process_count: int, worker_count: int, start_batch: int = 0,
+                 num_batches: int | None = None):
+        self._order = order
+        self._global = global_batch_size
+        self._local = _local_batch_size(global_batch_size, process_count)
+        self._process = process_index
+        self._workers = max(worker_count, 1)
+        self._start = start_batch
+        if num_batches is not None and num_batches % self._workers:
+            raise ValueError(f"num_batches {num_batches} is not a multiple of the "
+                             f"{self._workers} workers")
+        self._length = sys.maxsize if num_batches is None else num_batches * self._local
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if not 0 <= index < self._length:
+            raise IndexError(f"index {index} out of range [0, {self._length})")
+        worker, turn = index % self._workers, index // self._workers
+        batch_of_worker, row = divmod(turn, self._local)
+        batch = self._start + batch_of_worker * self._workers + worker
+        metadata = self._order[batch * self._global + self._process * self._local + row]
+        return grain.RecordMetadata(index=index, record_key=metadata.record_key,
+                                    rng=metadata.rng)
+
+    def __repr__(self) -> str:
+        return (f"GlobalBatchRows({self._order!r}, global_batch_size={self._global}, "
+                f"process={self._process}, workers={self._workers}, "
+                f"start_batch={self._start}, length={self._length})")
+
+
+def _loader(source, sampler, operations, worker_count, prefetch):
+    """A grain DataLoader over `sampler` (already this process's records) with this
+    pipeline's read settings.
 
     grain's worker processes read absl flags; outside an absl app (tests, notebooks) the
     flags are unparsed and the workers would fail, so their defaults are accepted here.
@@ -114,15 +163,15 @@ def _loader(source, sampler, operations, worker_count, prefetch, shard_options):
         operations=operations,
         worker_count=worker_count,
         worker_buffer_size=prefetch,
-        shard_options=shard_options,
+        shard_options=grain.sharding.NoSharding(),
         read_options=_READ_OPTIONS,
     )
 
 
-def _shard_options(process_index: int | None, process_count: int | None):
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    return grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=True)
+    return index, count
 
 
 def create_train_iterator(
@@ -138,36 +187,35 @@ def create_train_iterator(
     flip: bool = True,
     worker_count: int = 0,
     prefetch: int = 2,
+    start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> grain.DataLoaderIterator:
-    """Endless shuffled, augmented train batches for this process, with saveable state.
+) -> Iterator[dict]:
+    """Endless shuffled, augmented train batches for this process, from batch `start_step`.
 
     Yields dicts `image` uint8 (local_batch, host_image_size, host_image_size, 3) and `label`
     int32 (local_batch,). `split`/`crop` default to the dataset's table entry. The same seed
-    gives the same batches; `it.set_state(saved)` on a fresh iterator continues exactly where
-    the saved one stopped. `worker_count` > 0 augments in that many processes, each keeping
-    `prefetch` batches ready. `process_index`/`process_count` default to jax's (override them
-    only to simulate other hosts).
+    gives the same batches; an iterator made with `start_step=k` yields what a fresh one
+    yields from its `k`-th batch on (how a run resumes). `worker_count` > 0 augments in that
+    many processes, each keeping `prefetch` batches ready.
+    `process_index`/`process_count` default to jax's (override them only to simulate hosts).
     """
     info = dataset_info(dataset)
     crop = crop or info.crop
     augment.check_crop(crop)
-    shard_options = _shard_options(process_index, process_count)
-    local_batch = _local_batch_size(global_batch_size, shard_options.shard_count)
+    index, count = _process(process_index, process_count)
+    local_batch = _local_batch_size(global_batch_size, count)
     source = open_source(dataset, split or info.train_split, data_dir)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=shard_options,
-        shuffle=True,
-        num_epochs=None,
-        seed=seed,
-    )
+    order = grain.samplers.IndexSampler(
+        num_records=len(source), shuffle=True, num_epochs=None, seed=seed)
+    sampler = GlobalBatchRows(order, global_batch_size=global_batch_size, process_index=index,
+                              process_count=count, worker_count=worker_count,
+                              start_batch=start_step)
     operations = [
         TrainTransform(crop=crop, pad=pad, flip=flip, size=host_image_size),
         grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
     ]
-    return iter(_loader(source, sampler, operations, worker_count, prefetch, shard_options))
+    return iter(_loader(source, sampler, operations, worker_count, prefetch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +230,9 @@ class EvalBatches:
     num_steps: int
     num_examples: int
 
-    def __iter__(self):
-        return iter(self.loader)
+    def __iter__(self) -> Iterator[dict]:
+        # The loader may hold a few more, all padding (see `create_eval_batches`).
+        return itertools.islice(iter(self.loader), self.num_steps)
 
     def __len__(self) -> int:
         return self.num_steps
@@ -204,26 +253,31 @@ def create_eval_batches(
 ) -> EvalBatches:
     """Every example of `split` exactly once, in fixed-size padded batches with a mask.
 
-    The split is padded to `num_steps * global_batch_size` records and cut into one
-    contiguous range per process, so every process yields the same `num_steps` batches of
-    `global_batch_size // process_count` with keys `image`, `label`, `mask` (bool, False on
-    padding) and `index` (int32 position in the split, -1 on padding).
+    The split is padded to `num_steps * global_batch_size` records; global batch `b` is
+    records `[b * G, (b + 1) * G)` whatever the process count, and every process yields its
+    rows of each: `num_steps` batches of `global_batch_size // process_count` with keys
+    `image`, `label`, `mask` (bool, False on padding) and `index` (int32 position in the
+    split, -1 on padding).
     """
     info = dataset_info(dataset)
     crop = crop or info.crop
     augment.check_crop(crop)
-    shard_options = _shard_options(process_index, process_count)
-    local_batch = _local_batch_size(global_batch_size, shard_options.shard_count)
+    index, count = _process(process_index, process_count)
+    local_batch = _local_batch_size(global_batch_size, count)
     source = open_source(dataset, split or info.eval_split, data_dir)
     num_examples = len(source)
     num_steps = math.ceil(num_examples / global_batch_size)
-    padded = PaddedSource(source, num_steps * global_batch_size)
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(padded), shard_options=shard_options, shuffle=False, num_epochs=1
-    )
+    # Whole turns of the workers (see `GlobalBatchRows`); batches past num_steps are padding.
+    workers = max(worker_count, 1)
+    loader_batches = math.ceil(num_steps / workers) * workers
+    padded = PaddedSource(source, loader_batches * global_batch_size)
+    sampler = GlobalBatchRows(
+        grain.samplers.IndexSampler(num_records=len(padded), shuffle=False, num_epochs=1),
+        global_batch_size=global_batch_size, process_index=index, process_count=count,
+        worker_count=worker_count, num_batches=loader_batches)
     operations = [
         EvalTransform(crop=crop, size=host_image_size),
         grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
     ]
-    loader = _loader(padded, sampler, operations, worker_count, prefetch, shard_options)
+    loader = _loader(padded, sampler, operations, worker_count, prefetch)
     return EvalBatches(loader=loader, num_steps=num_steps, num_examples=num_examples)
