@@ -22,12 +22,10 @@ for a 2-core CPU. Deviations from the paper setup, all for a short CPU run:
     default is N(0, 1)): regularisers that only slow a run this short.
   Command: python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=../shared/tfds --workdir=runs/c10_cpu
-  Hardware / time / accuracy (measured on the 2-core CPU): with `--config.num_train_steps=2200`
-  (2.8 epochs; idle, this model trains at ~200 img/s, so the default 2000 steps take ~11 min
-  and 20 min would hold ~3,400, not yet measured) 21.2 min wall, 118 img/s
-  training while niced test jobs shared the CPU, test top-1 42.3%, top-5 90.0% on the 10k
-  test set (docs/cifar10_cpu_curve.png); the earlier 2000-step run, machine idle, gave 41.5%
-  in 20.6 min. Validation top-1 flattens near 43-45% from step 1250: this misses the 55%
+  Hardware / time / accuracy (measured on the 2-core CPU, idle): with
+  `--config.num_train_steps=3400` (4.4 epochs, what fits 20 min at ~206 img/s) 18.5 min wall,
+  test top-1 46.1%, top-5 92.4% on the 10k test set (docs/cifar10_cpu_curve.png); the default
+  2000 steps take ~11 min (41.5%). This misses the 55%
   target of issue 4. Batch 128 at lr 1e-3 learned less per image (35.6% validation after one
   epoch, against 39.6% here); ViT/TNT at the same step count are compared in
   experiments/cpu_sweep/.
