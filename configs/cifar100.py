@@ -6,7 +6,8 @@ warmup, weight decay on weight matrices only, label smoothing 0.1, mixup; from s
       --workdir=runs/c100_nested_tnt
   Hardware / time / accuracy: not measured here (needs an accelerator); the paper reports its
   CIFAR-100 top-1 for ViT, TNT and Nested-TNT with Nested-TNT the highest.
-A `cpu` variant (32 px, `*_cifar_patch8_32`, AdamW) exists for smoke tests; it was not tuned.
+A `cpu` variant (32 px, the `*_cifar_patch8_word4_32` TNT models or `vit_cifar_patch8_32`,
+AdamW) exists for smoke tests; it was not tuned.
 """
 
 import pathlib

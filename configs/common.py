@@ -21,7 +21,8 @@ PAPER_MODEL = {
     "vit": "vit_small_patch16_224", "tnt": "tnt_s_patch16_224",
     "nested_tnt": "nested_tnt_s_patch16_224",
 }
-CPU_MODEL = {m: f"{m}_cifar_patch8_32" for m in MODELS}
+CPU_MODEL = {"vit": "vit_cifar_patch8_32", "tnt": "tnt_cifar_patch8_word4_32",
+             "nested_tnt": "nested_tnt_cifar_patch8_word4_32"}
 # TNT-family switches always present in `model.overrides`: command-line flags can only set
 # existing fields, so this is what makes `--config.model.overrides.nest_inner=False` (and each
 # other ablation) a command-line change.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_tnt_jax.models.attention import Attention, LogitMixer
+from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, Attention, LogitMixer, mix_heads
 
 DIM, HEADS = 16, 4
 
@@ -85,6 +85,65 @@ def test_mixer_is_an_mlp_over_heads_with_xavier_init():
     out = mixer.apply({"params": params}, z)
     np.testing.assert_allclose(mixer.apply({"params": params}, z[..., perm]), out[..., perm],
                                atol=1e-5)
+
+
+def _mixer_layers(heads: int, hidden: int, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(5), 6)
+    widths = (heads, hidden, hidden, heads)
+    return tuple((jax.random.normal(keys[2 * i], (a, b)).astype(dtype) / np.sqrt(a),
+                  jax.random.normal(keys[2 * i + 1], (b,)).astype(dtype))
+                 for i, (a, b) in enumerate(zip(widths, widths[1:])))
+
+
+@pytest.mark.parametrize("n, block", [(1200, 300), (1001, 250), (1000, 600)])
+def test_blocked_mixer_matches_unblocked_values_and_gradients(n, block):
+    """The CPU path (column blocks, hand-written backward) against plain autodiff, including
+    a width that needs zero padding (1001) and one too small to block (1000 < 2 * 600)."""
+    heads, hidden = 3, 12
+    layers = _mixer_layers(heads, hidden)
+    z = jax.random.normal(jax.random.key(6), (heads, n)) * 3.0  # both LeakyReLU branches
+    cotangent = jax.random.normal(jax.random.key(7), (heads, n))
+
+    def value_and_grads(block):
+        out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, block), layers, z)
+        return out, vjp(cotangent)
+
+    plain, plain_grads = value_and_grads(0)
+    blocked, blocked_grads = jax.jit(value_and_grads, static_argnums=0)(block)
+    np.testing.assert_allclose(blocked, plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(blocked_grads), jax.tree.leaves(plain_grads)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+    uses_scan = "scan" in str(jax.make_jaxpr(lambda z: mix_heads(layers, z, block))(z))
+    assert uses_scan == (n >= 2 * block)
+
+
+def test_logit_mixer_blocks_large_logits_on_cpu_with_unchanged_values():
+    heads, ratio = 2, 4
+    columns = 2 * CPU_BLOCK_ELEMENTS // (heads * ratio)  # the smallest size that is blocked
+    z = jax.random.normal(jax.random.key(0), (heads, 4, 16, columns // 64)) * 3.0
+    mixer = LogitMixer(heads, ratio)
+    params = mixer.init(jax.random.key(1), z[:, :1])["params"]
+    assert "scan" in str(jax.make_jaxpr(lambda z: mixer.apply({"params": params}, z))(z))
+    layers = tuple((params[f"fc{i}"]["kernel"], params[f"fc{i}"]["bias"]) for i in (1, 2, 3))
+    np.testing.assert_allclose(mixer.apply({"params": params}, z),
+                               mix_heads(layers, z.reshape(heads, -1)).reshape(z.shape),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_mixer_keeps_bfloat16_and_its_gradients_track_float32():
+    heads, hidden, n = 2, 8, 4096
+    layers32 = _mixer_layers(heads, hidden)
+    layers16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), layers32)
+    z = jax.random.normal(jax.random.key(6), (heads, n))
+    loss = lambda layers, block: jnp.sum(mix_heads(layers, z.astype(layers[0][0].dtype), block)  # noqa: E731
+                                         .astype(jnp.float32))
+    grads16 = jax.grad(loss)(layers16, 512)
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads16))
+    grads32 = jax.grad(loss)(layers32, 0)
+    for got, want in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
+        np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=0.05,
+                                   atol=0.02 * float(jnp.abs(want).max()))
 
 
 def test_noise_only_in_training_and_scaled():

@@ -33,7 +33,7 @@ def test_paper_configs_are_valid(name, family):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cpu_variant_uses_cifar_models_at_32px(name):
     config = get_config(name, "model=nested_tnt,cpu")
-    assert config.model.name == "nested_tnt_cifar_patch8_32"
+    assert config.model.name == "nested_tnt_cifar_patch8_word4_32"
     assert config.image_size == 32
     train.validate_config(config)
 
@@ -41,7 +41,7 @@ def test_cpu_variant_uses_cifar_models_at_32px(name):
 def test_arguments_set_steps_and_batch():
     config = get_config("cifar10", "model=tnt,cpu,steps=7,batch=64")
     assert (config.model.name, config.num_train_steps, config.batch_size) == (
-        "tnt_cifar_patch8_32", 7, 64)
+        "tnt_cifar_patch8_word4_32", 7, 64)
 
 
 @pytest.mark.parametrize("arg, match", [

@@ -67,7 +67,7 @@ def test_quickstart_notebook_runs_headless(tmp_path):
     assert _stdout(_cell(nb, "install")).strip() == f"project checkout: {ROOT}"
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == STEPS
-    assert results["model"] == "nested_tnt_cifar_patch8_32"
+    assert results["model"] == "nested_tnt_cifar_patch8_word4_32"
     assert results["test_examples"] == 1000
     history = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
     assert [(h["step"], h["split"]) for h in history] == [
