@@ -35,10 +35,7 @@ mixer_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 CPU_BLOCK_ELEMENTS = 2**18
 # (kernel (fan_in, fan_out), bias (fan_out,)) of each mixer layer, fc1 to fc3.
 MixerLayers = tuple[tuple[jax.Array, jax.Array], ...]
-
-
-def _leaky_relu(x: jax.Array) -> jax.Array:
-    return jnp.where(x >= 0, x, jnp.asarray(0.2, x.dtype) * x)
+LEAKY_SLOPE = 0.2  # the mixer's LeakyReLU; the hand-written backward uses it too
 
 
 def _mixer_forward(layers: MixerLayers, z: jax.Array) -> list[jax.Array]:
@@ -47,7 +44,7 @@ def _mixer_forward(layers: MixerLayers, z: jax.Array) -> list[jax.Array]:
     y = z
     for i, (kernel, bias) in enumerate(layers):
         if i:
-            y = _leaky_relu(pre[-1])
+            y = nn.leaky_relu(pre[-1], LEAKY_SLOPE)
         pre.append(jnp.einsum("hn,hg->gn", y, kernel) + bias[:, None])
     return pre
 
@@ -97,12 +94,12 @@ def _blocked_mixer_bwd(block, residuals, d_out):
     def block_grads(acc, blocks):
         zb, d = blocks
         pre = _mixer_forward(layers, zb)
-        inputs = [zb] + [_leaky_relu(p) for p in pre[:-1]]
+        inputs = [zb] + [nn.leaky_relu(p, LEAKY_SLOPE) for p in pre[:-1]]
         grads = []
         for i in reversed(range(len(layers))):
             kernel = layers[i][0]
             if i < len(layers) - 1:  # through the LeakyReLU after layer i
-                d = d * jnp.where(pre[i] >= 0, 1.0, 0.2).astype(d.dtype)
+                d = d * jnp.where(pre[i] >= 0, 1.0, LEAKY_SLOPE).astype(d.dtype)
             grads.append((jnp.einsum("hn,gn->hg", inputs[i], d, preferred_element_type=jnp.float32),
                           d.sum(axis=1, dtype=jnp.float32)))
             d = jnp.einsum("hg,gn->hn", kernel, d)
