@@ -93,15 +93,15 @@ class JaxBench:
             return self.model.apply({"params": params}, images, train=False)
 
         start = time.perf_counter()
-        self._train = jax.jit(train_step, donate_argnums=0).lower(
+        self.compiled_train = jax.jit(train_step, donate_argnums=0).lower(
             self.state, self.images, self.labels, rng).compile()
         self.train_compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        self._infer = jax.jit(infer).lower(self.params, self.images).compile()
+        self.compiled_infer = jax.jit(infer).lower(self.params, self.images).compile()
         self.infer_compile_s = time.perf_counter() - start
-        self.gflops_per_image = _flops(self._infer) / batch / 1e9
-        self.train_flops_per_step = _flops(self._train)
-        memory = self._train.memory_analysis()
+        self.gflops_per_image = _flops(self.compiled_infer) / batch / 1e9
+        self.train_flops_per_step = _flops(self.compiled_train)
+        memory = self.compiled_train.memory_analysis()
         self.train_peak_mib = None if memory is None else (
             memory.argument_size_in_bytes + memory.output_size_in_bytes
             + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
@@ -111,11 +111,11 @@ class JaxBench:
 
     def train_step(self) -> None:
         self._key, key = jax.random.split(self._key)
-        self.state = self._train(self.state, self.images, self.labels, key)
+        self.state = self.compiled_train(self.state, self.images, self.labels, key)
         jax.block_until_ready(self.state)
 
     def infer_step(self) -> None:
-        jax.block_until_ready(self._infer(self.params, self.images))
+        jax.block_until_ready(self.compiled_infer(self.params, self.images))
 
 
 def _flops(compiled) -> float:

@@ -24,8 +24,8 @@ for a 2-core CPU. Deviations from the paper setup, all for a 20-minute CPU run:
   Command: python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=../shared/tfds --workdir=runs/c10_cpu
   Hardware / time / accuracy (measured on the project's 2-core CPU, idle): 8,000 steps (10.5
-  epochs) in 19.4 min wall (1,166 s, compilation and evaluations included; 458 img/s),
-  test top-1 58.5%, top-5 95.4% on the 10k test set, validation 61.1% at step 7,500
+  epochs) in 18.7 min wall (1,120 s, compilation and evaluations included; 477 img/s),
+  test top-1 58.4%, top-5 95.2% on the 10k test set, validation 61.4% at step 7,500
   (docs/cifar10_cpu_curve.png; `pytest -m slow tests/test_cifar10_cpu_run.py` re-checks the
   55% bar). ViT/TNT are compared in experiments/cpu_sweep/.
 """

@@ -21,3 +21,26 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(capsys):
     assert all(r["unblocked"] > 0 and r["blocked"] > 0 for r in rows)
     table = capsys.readouterr().out
     assert "| big | 2 -> 8 | 70,000 |" in table and "small (too small: runs unblocked)" in table
+
+
+def test_op_names_map_to_modules_and_directions(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    profile = _load("profile_step")
+    assert profile.op_module("jit(train_step)/transpose(jvp(TNT))/blocks_5/mlp/fc1/dot_general") == (
+        "mlp/fc1", "backward")
+    assert profile.op_module("jit(train_step)/jvp(TNT)/blocks_5/attn_in/bqhd,bkhd->hbqk/dot_general") == (
+        "attn_in", "forward")
+    assert profile.op_module("jit(infer)/TNT/blocks_0/norm_in/mul") == ("norm_in", "forward")
+    assert profile.op_module("jit(infer)/TNT/head/dot_general") == ("head", "forward")
+    assert profile.op_module("jit(train_step)/mul")[0] == profile.OUTSIDE
+
+
+def test_profile_splits_a_training_step_by_module(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    profile = _load("profile_step")
+    rows = profile.main(["--model", "nested_tnt_cifar_patch8_word4_32", "--batch", "8",
+                         "--num-classes", "10", "--steps", "1", "--top", "100"])
+    by_module = {row["module"]: row for row in rows}
+    for module in ("attn_in", "attn_in/mixer", "attn_out/qk", "mlp_in/fc1", "mlp/fc2", "norm_in"):
+        assert by_module[module]["forward_ms"] > 0 and by_module[module]["backward_ms"] > 0, module
+    assert "| attn_in/mixer |" in capsys.readouterr().out

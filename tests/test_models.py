@@ -7,7 +7,7 @@ import pytest
 
 from nested_tnt_jax.models import (
     create_model, list_models, model_config, params_to_loop, params_to_scan)
-from nested_tnt_jax.models.layers import drop_path_rates
+from nested_tnt_jax.models.layers import drop_path_rates, gelu
 
 SMALL = "nested_tnt_cifar_patch8_32"
 # rbg keys: threefry's first compile per shape costs seconds on CPU, and these tests only need
@@ -136,3 +136,13 @@ def test_drop_path_schedule_and_effect():
     assert float(jnp.abs(tr - ev).max()) > 1e-4
     dropped = create_model("tnt_cifar_patch8_32", num_classes=10, drop_rate=0.5)
     assert float(jnp.abs(dropped.apply(variables, x, train=True, rngs=RNGS) - ev).max()) > 1e-4
+
+
+def test_gelu_is_torchs_exact_gelu_with_jaxs_gradient():
+    import torch  # a test dependency (timm parity); imported here to keep this module light
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
+    ref = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x))).numpy()
+    np.testing.assert_allclose(gelu(x), ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
+    exact_grad = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), exact_grad, rtol=0, atol=2e-6)

@@ -32,6 +32,18 @@ def layer_norm(eps: float, name: str, dtype: Dtype) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU in PyTorch's form, x / 2 * (1 + erf(x / sqrt(2))).
+
+    `jax.nn.gelu(approximate=False)` computes the same function through erfc, which XLA expands
+    into an exp and several selects; erf is one rational polynomial. On a 2-core CPU this form is
+    2-4x faster forward and about 2x forward+backward, the TNT-S training step 5% faster
+    (benchmarks/throughput.py), and it is the formula `torch.nn.GELU` evaluates (the two forms
+    differ by at most 1e-6).
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(np.sqrt(0.5), x.dtype)))
+
+
 class Mlp(nn.Module):
     """timm's Mlp: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
 
@@ -44,7 +56,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = dense(self.hidden_features, "fc1", self.dtype)(x)
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
         x = nn.Dropout(self.drop)(x, deterministic=self.deterministic)
         x = dense(self.out_features, "fc2", self.dtype)(x)
         return nn.Dropout(self.drop)(x, deterministic=self.deterministic)

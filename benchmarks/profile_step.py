@@ -1,0 +1,114 @@
+"""Where a compiled training or inference step spends its time, per module, forward and backward.
+
+    python benchmarks/profile_step.py --model=tnt_s_patch16_224 --batch=8
+    python benchmarks/profile_step.py --model=tnt_s_patch16_224 --batch=8 --inference
+
+Traces `--steps` steps of `throughput.JaxBench` with `jax.profiler`, maps every XLA op in the
+trace back to the module that emitted it (the `op_name` metadata of the compiled HLO, e.g.
+`transpose(jvp(TNT))/blocks_5/mlp/fc1/dot_general` is the backward of block 5's `mlp/fc1`) and
+prints op time per step summed over XLA's threads, per module with the block index dropped,
+forward and backward apart, next to the wall time per step. Op time above wall time means the
+threads overlapped; the split says which modules to make cheaper. The README's breakdown of
+TNT-S's CPU training step was made this way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+import time
+
+import jax
+
+from throughput import JaxBench
+
+# Sub-modules reported on their own row; the other ops of their parent (QK^T, softmax, AV,
+# GELU, reshapes) are reported under the parent's name alone.
+_LEAVES = ("qk", "qkv", "v", "proj", "fc1", "fc2", "mixer")
+
+
+# The model's own scope in an op_name: `TNT` (inference), `jvp(TNT)` (training forward),
+# `transpose(jvp(TNT))` (backward); flax module classes are capitalised, their names are not.
+_MODEL_SCOPE = re.compile(r"(transpose\()?(jvp\()?[A-Z]\w*\)*")
+_BLOCK = re.compile(r"blocks(_\d+)?")
+OUTSIDE = "(outside the model: loss, optimizer)"
+
+
+def op_module(op_name: str) -> tuple[str, str]:
+    """An op_name -> (module path without block index, "forward" or "backward")."""
+    parts = op_name.split("/")[1:]  # drop jit(step)
+    direction = "backward" if any(p.startswith("transpose(") for p in parts) else "forward"
+    if not parts or not _MODEL_SCOPE.fullmatch(parts[0]):
+        return OUTSIDE, direction
+    path = [p for p in parts[1:] if not _BLOCK.fullmatch(p)]
+    if len(path) >= 2 and path[1] in _LEAVES:
+        return f"{path[0]}/{path[1]}", direction
+    return (path[0] if path else "other"), direction
+
+
+def op_modules(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """HLO instruction name -> `op_module` of its op_name, for every instruction that has one."""
+    pattern = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]+)\"", re.M)
+    return {name: op_module(op_name) for name, op_name in pattern.findall(hlo_text)}
+
+
+def op_times(trace_dir: str) -> list[tuple[str, float]]:
+    """(op name, microseconds) of every complete event in the newest trace under `trace_dir`."""
+    path = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return [(e["name"], e["dur"]) for e in events if e.get("ph") == "X" and "dur" in e]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--img-size", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3, help="traced steps (after one warm-up)")
+    parser.add_argument("--inference", action="store_true", help="profile inference, not training")
+    parser.add_argument("--top", type=int, default=25, help="rows to print")
+    args = parser.parse_args(argv)
+
+    bench = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes)
+    compiled, step = ((bench.compiled_infer, bench.infer_step) if args.inference
+                      else (bench.compiled_train, bench.train_step))
+    modules = op_modules(compiled.as_text())
+    step()
+    with tempfile.TemporaryDirectory() as trace_dir:
+        start = time.perf_counter()
+        with jax.profiler.trace(trace_dir):
+            for _ in range(args.steps):
+                step()
+        wall_ms = (time.perf_counter() - start) / args.steps * 1e3
+        events = op_times(trace_dir)
+
+    totals = collections.Counter()
+    for name, micros in events:
+        if name in modules:
+            totals[modules[name]] += micros / args.steps / 1e3
+    names = sorted({m for m, _ in totals}, key=lambda m: -totals[(m, "forward")] - totals[(m, "backward")])
+    rows = [{"module": m, "forward_ms": totals[(m, "forward")], "backward_ms": totals[(m, "backward")]}
+            for m in names]
+    kind = "inference" if args.inference else "training"
+    print(f"{args.model}, batch {args.batch}, {kind} step on {jax.devices()[0].device_kind}: "
+          f"{wall_ms:.0f} ms wall per step (traced), {sum(totals.values()):.0f} ms op time "
+          f"summed over threads")
+    print("| module | forward ms | backward ms |")
+    print("|---|---:|---:|")
+    for row in rows[:args.top]:
+        print(f"| {row['module']} | {row['forward_ms']:.1f} | {row['backward_ms']:.1f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
