@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -23,9 +25,14 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(capsys):
     assert "| big | 2 -> 8 | 70,000 |" in table and "small (too small: runs unblocked)" in table
 
 
-def test_op_names_map_to_modules_and_directions(monkeypatch):
+@pytest.fixture
+def profile(monkeypatch):
+    """benchmarks/profile_step.py, which imports its sibling `throughput` as a script would."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    profile = _load("profile_step")
+    return _load("profile_step")
+
+
+def test_op_names_map_to_modules_and_directions(profile):
     assert profile.op_module("jit(train_step)/transpose(jvp(TNT))/blocks_5/mlp/fc1/dot_general") == (
         "mlp/fc1", "backward")
     assert profile.op_module("jit(train_step)/jvp(TNT)/blocks_5/attn_in/bqhd,bkhd->hbqk/dot_general") == (
@@ -35,9 +42,7 @@ def test_op_names_map_to_modules_and_directions(monkeypatch):
     assert profile.op_module("jit(train_step)/mul")[0] == profile.OUTSIDE
 
 
-def test_profile_splits_a_training_step_by_module(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    profile = _load("profile_step")
+def test_profile_splits_a_training_step_by_module(profile, capsys):
     rows = profile.main(["--model", "nested_tnt_cifar_patch8_word4_32", "--batch", "8",
                          "--num-classes", "10", "--steps", "1", "--top", "100"])
     by_module = {row["module"]: row for row in rows}
