@@ -10,12 +10,17 @@ the compiled forward) and MFU against a matrix-product peak measured on the same
 same process. `--vs-timm` runs timm's PyTorch model with the same architecture, batch and
 thread count, alternating rounds with ours so that both see the same machine state, and prints
 our/timm ratios. `--baseline` does the same against a second model of ours (e.g. the nesting
-overhead of Nested-TNT over TNT).
+overhead of Nested-TNT over TNT); `--override` changes fields of `--model` only, so one run
+prices one ablation against the baseline:
+
+    python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
+        --baseline=tnt_s_patch16_224
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -182,6 +187,17 @@ class TimmBench:
             self.model(self.images)
 
 
+def parse_override(text: str) -> tuple[str, object]:
+    """`field=value` -> (field, value); the value as a Python literal, else as a string."""
+    field, sep, value = text.partition("=")
+    if not sep or not field:
+        raise argparse.ArgumentTypeError(f"--override takes field=value, got {text!r}")
+    try:
+        return field, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return field, value
+
+
 def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) -> dict[str, float]:
     """Median img/s per bench over `rounds` alternating rounds of `iters` calls each."""
     results = {name: [] for name in benches}
@@ -203,11 +219,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm")
     parser.add_argument("--vs-timm", action="store_true", help="also run timm's model, alternating")
     parser.add_argument("--baseline", default=None, help="another of our models to compare against")
+    parser.add_argument("--override", type=parse_override, action="append", default=[],
+                        metavar="FIELD=VALUE", help="a field of --model (repeatable), e.g. mixer=False")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
 
-    ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes)
-    benches = {args.model: ours}
+    overrides = dict(args.override)
+    ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
+                    **overrides)
+    label = args.model + "".join(f" {k}={v}" for k, v in overrides.items())
+    benches = {label: ours}
     if args.baseline:
         benches[args.baseline] = JaxBench(args.baseline, args.img_size, args.batch, args.dtype, args.num_classes)
     if args.vs_timm:
@@ -229,9 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
                 train_mfu=bench.train_flops_per_step * train[name] / args.batch / peak,
             )
         rows.append(row)
-    ratios = {f"{args.model}/{name}": {"train": train[args.model] / train[name],
-                                        "infer": infer[args.model] / infer[name]}
-              for name in benches if name != args.model}
+    ratios = {f"{label}/{name}": {"train": train[label] / train[name],
+                                   "infer": infer[label] / infer[name]}
+              for name in benches if name != label}
     report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
               "batch": args.batch, "dtype": args.dtype, "img_size": ours.model.img_size,
               "matmul_peak_tflops": peak / 1e12, "rows": rows, "ratios": ratios}

@@ -21,6 +21,7 @@ PAPER = {
     "optim.learning_rate": 0.1,
     "optim.warmup_steps": 2000,
     "input.host_image_size": 32,
+    "input.cache_decoded": True,
 }
 
 CPU = {

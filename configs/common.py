@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Size of the uint8 images the host ships (0: image_size). CIFAR ships its native 32 px
     # and the device upsamples bicubically to image_size, cutting host work and transfer.
     c.input.host_image_size = 0
+    # Read each split into memory, decoded, before the first batch (data.pipeline's
+    # DecodedSource): for small-image datasets whose decoding would otherwise compete with the
+    # step for the host's CPU (CIFAR-10 train: ~150 MB, ~17 s).
+    c.input.cache_decoded = False
 
     c.augment = ml_collections.ConfigDict()
     c.augment.crop = "pad"

@@ -206,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ds.name, split, data_dir=ds.data_dir, global_batch_size=_eval_batch_size(config),
             host_image_size=_host_image_size(config), crop=config.augment.crop,
             worker_count=config.input.worker_count, prefetch=config.input.prefetch,
+            cache_decoded=config.input.cache_decoded,
         )
 
     # Shapes and shardings come from an abstract init; the real init is jitted with those
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         host_image_size=_host_image_size(config), seed=config.seed, crop=config.augment.crop,
         pad=config.augment.pad, flip=config.augment.flip,
         worker_count=config.input.worker_count, prefetch=config.input.prefetch,
-        start_step=start_step,
+        cache_decoded=config.input.cache_decoded, start_step=start_step,
     )
 
     preprocess = _preprocess_fn(config, info)

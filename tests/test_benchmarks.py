@@ -49,3 +49,28 @@ def test_profile_splits_a_training_step_by_module(profile, capsys):
     for module in ("attn_in", "attn_in/mixer", "attn_out/qk", "mlp_in/fc1", "mlp/fc2", "norm_in"):
         assert by_module[module]["forward_ms"] > 0 and by_module[module]["backward_ms"] > 0, module
     assert "| attn_in/mixer |" in capsys.readouterr().out
+
+
+def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
+    throughput = _load("throughput")
+    report = throughput.main([
+        "--model=tnt_cifar_patch8_word4_32", "--override=depth=2", "--override=mlp_ratio=1.0",
+        "--baseline=tnt_cifar_patch8_word4_32", "--vs-timm", "--batch=4", "--num-classes=10",
+        "--rounds=1", "--iters=1", "--threads=1"])
+    rows = {row["model"]: row for row in report["rows"]}
+    ablated = "tnt_cifar_patch8_word4_32 depth=2 mlp_ratio=1.0"
+    assert list(rows) == [ablated, "tnt_cifar_patch8_word4_32", "timm"]
+    # The overrides reach our model and its timm twin, not the baseline.
+    assert rows[ablated]["params"] == rows["timm"]["params"] < rows["tnt_cifar_patch8_word4_32"]["params"]
+    assert rows[ablated]["gflops_per_image"] < rows["tnt_cifar_patch8_word4_32"]["gflops_per_image"]
+    assert set(report["ratios"]) == {f"{ablated}/tnt_cifar_patch8_word4_32", f"{ablated}/timm"}
+    assert all(r["train"] > 0 and r["infer"] > 0 for r in report["ratios"].values())
+    assert all(0 < row["train_mfu"] < 1 for row in report["rows"] if row["impl"] == "jax")
+    assert f"ratio {ablated}/timm: train" in capsys.readouterr().out
+
+
+def test_throughput_refuses_an_override_without_a_value(capsys):
+    throughput = _load("throughput")
+    with pytest.raises(SystemExit):
+        throughput.main(["--model=tnt_cifar_patch8_word4_32", "--override=mixer"])
+    assert "--override takes field=value" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from nested_tnt_jax import data
-from nested_tnt_jax.data import augment
+from nested_tnt_jax.data import augment, pipeline
 
 NUM_EXAMPLES = 40
 
@@ -125,6 +125,53 @@ def test_eval_passes_repeat_identically(tmp_path):
     assert len(first) == evals.num_steps == 3
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+class CountingSource:
+    """A source that counts the records read from it."""
+
+    def __init__(self, source):
+        self.source, self.reads = source, 0
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return self.source[key]
+
+
+def test_decoded_source_reads_each_record_once_and_serves_it_from_memory(tmp_path):
+    with mocked():
+        source = data.open_source("oxford_flowers102", "train", str(tmp_path))
+        counting = CountingSource(source)
+        decoded = pipeline.DecodedSource(counting)
+        assert counting.reads == len(decoded) == NUM_EXAMPLES
+        for i in range(NUM_EXAMPLES):
+            record = source[i]
+            assert set(decoded[i]) == {"image", "label"}
+            np.testing.assert_array_equal(decoded[i]["image"], record["image"])
+            assert decoded[i]["label"] == record["label"]
+    assert counting.reads == NUM_EXAMPLES
+
+
+def test_cached_splits_give_the_same_batches(tmp_path):
+    def batches(cache_decoded):
+        train = data.create_train_iterator(
+            "cifar10", data_dir=str(tmp_path), global_batch_size=8, host_image_size=32, seed=1,
+            start_step=3, cache_decoded=cache_decoded)
+        evals = data.create_eval_batches(
+            "cifar10", data_dir=str(tmp_path), global_batch_size=16, host_image_size=32,
+            cache_decoded=cache_decoded)
+        return [next(train) for _ in range(6)] + list(evals)
+
+    with mocked():
+        cached, read = batches(True), batches(False)
+    assert len(cached) == len(read) == 6 + 3
+    for x, y in zip(cached, read):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
 
 
 def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):

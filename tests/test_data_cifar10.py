@@ -4,19 +4,21 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 
 from nested_tnt_jax import data, sharding
 
 DATA_DIR = str((pathlib.Path(__file__).parent / ".." / ".." / "shared" / "tfds").resolve())
 
 
-def test_test_split_is_counted_exactly_once_on_eight_devices():
+@pytest.mark.parametrize("cache_decoded", [False, True])
+def test_test_split_is_counted_exactly_once_on_eight_devices(cache_decoded):
     mesh = sharding.create_mesh()
     global_batch_size = 96  # 10,000 is not a multiple of 96: the last batch is padded.
     local = sharding.check_batch_size(global_batch_size, mesh)
     evals = data.create_eval_batches(
         "cifar10", "test", data_dir=DATA_DIR, global_batch_size=global_batch_size,
-        host_image_size=32,
+        host_image_size=32, cache_decoded=cache_decoded,
     )
     assert evals.num_examples == 10_000 and evals.num_steps == 105
     count = jax.jit(lambda b: (b["mask"].sum(), jax.numpy.where(b["mask"], b["index"], -1)))

@@ -15,12 +15,13 @@ import dataclasses
 import itertools
 import math
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import jax
-from absl import flags
+from absl import flags, logging
 import numpy as np
 
 from nested_tnt_jax.data import augment
@@ -57,6 +58,32 @@ class EvalTransform(grain.transforms.Map):
             "mask": np.bool_(element["mask"]),
             "index": np.int32(element["index"]),
         }
+
+
+class DecodedSource:
+    """A source read once into memory: every record decoded, its `image` and `label` kept.
+
+    On small images decoding is most of the host's work: a CIFAR record takes ~0.3 ms to read
+    and decode (PNG, through TFDS and PIL), and on a 2-core machine that work takes CPU time
+    from the training step. Read once up front (CIFAR-10's training split: ~17 s, ~150 MB),
+    the pipeline then feeds 2.2x more images per second (benchmarks/input_pipeline.py) and the
+    CPU CIFAR-10 run trains ~15% faster. Records, and so batches, are exactly those of
+    `source`. Each grain worker process holds its own copy.
+    """
+
+    def __init__(self, source):
+        self._records = [{"image": r["image"], "label": r["label"]}
+                         for r in map(source.__getitem__, range(len(source)))]
+        self._name = repr(source)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._records[index]
+
+    def __repr__(self) -> str:
+        return f"DecodedSource({self._name}, length={len(self)})"
 
 
 class PaddedSource:
@@ -168,6 +195,18 @@ def _loader(source, sampler, operations, worker_count, prefetch):
     )
 
 
+def _open(dataset: str, split: str, data_dir: str | None, cache_decoded: bool):
+    source = open_source(dataset, split, data_dir)
+    if not cache_decoded:
+        return source
+    logging.info("Reading %s %s (%d records) into memory (input.cache_decoded)...",
+                 dataset, split, len(source))
+    start = time.perf_counter()
+    source = DecodedSource(source)
+    logging.info("Read %s %s in %.1f s.", dataset, split, time.perf_counter() - start)
+    return source
+
+
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
@@ -187,6 +226,7 @@ def create_train_iterator(
     flip: bool = True,
     worker_count: int = 0,
     prefetch: int = 2,
+    cache_decoded: bool = False,
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -197,7 +237,8 @@ def create_train_iterator(
     int32 (local_batch,). `split`/`crop` default to the dataset's table entry. The same seed
     gives the same batches; an iterator made with `start_step=k` yields what a fresh one
     yields from its `k`-th batch on (how a run resumes). `worker_count` > 0 augments in that
-    many processes, each keeping `prefetch` batches ready.
+    many processes, each keeping `prefetch` batches ready. `cache_decoded` reads the split into
+    memory first (`DecodedSource`; for small-image datasets such as CIFAR).
     `process_index`/`process_count` default to jax's (override them only to simulate hosts).
     """
     info = dataset_info(dataset)
@@ -205,7 +246,7 @@ def create_train_iterator(
     augment.check_crop(crop)
     index, count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, count)
-    source = open_source(dataset, split or info.train_split, data_dir)
+    source = _open(dataset, split or info.train_split, data_dir, cache_decoded)
     order = grain.samplers.IndexSampler(
         num_records=len(source), shuffle=True, num_epochs=None, seed=seed)
     sampler = GlobalBatchRows(order, global_batch_size=global_batch_size, process_index=index,
@@ -248,6 +289,7 @@ def create_eval_batches(
     crop: str | None = None,
     worker_count: int = 0,
     prefetch: int = 2,
+    cache_decoded: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> EvalBatches:
@@ -257,14 +299,15 @@ def create_eval_batches(
     records `[b * G, (b + 1) * G)` whatever the process count, and every process yields its
     rows of each: `num_steps` batches of `global_batch_size // process_count` with keys
     `image`, `label`, `mask` (bool, False on padding) and `index` (int32 position in the
-    split, -1 on padding).
+    split, -1 on padding). `cache_decoded`: as for `create_train_iterator`; each `for` loop
+    then reads memory only.
     """
     info = dataset_info(dataset)
     crop = crop or info.crop
     augment.check_crop(crop)
     index, count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, count)
-    source = open_source(dataset, split or info.eval_split, data_dir)
+    source = _open(dataset, split or info.eval_split, data_dir, cache_decoded)
     num_examples = len(source)
     num_steps = math.ceil(num_examples / global_batch_size)
     # Whole turns of the workers (see `GlobalBatchRows`); batches past num_steps are padding.
