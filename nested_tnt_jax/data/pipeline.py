@@ -67,8 +67,9 @@ class DecodedSource:
     and decode (PNG, through TFDS and PIL), and on a 2-core machine that work takes CPU time
     from the training step. Read once up front (CIFAR-10's training split: ~17 s, ~150 MB),
     the pipeline then feeds 2.2x more images per second (benchmarks/input_pipeline.py) and the
-    CPU CIFAR-10 run trains 14% faster (477 -> 542 img/s). Records, and so batches, are exactly those of
-    `source`. Each grain worker process holds its own copy.
+    CPU CIFAR-10 run trains 14% faster (477 -> 542 img/s). Records, and so batches, are exactly
+    those of `source`. Each grain worker process, and each of several processes (which read
+    only their rows), holds a whole copy.
     """
 
     def __init__(self, source):
