@@ -39,7 +39,8 @@ def _layers(heads: int, hidden: int) -> tuple:
                  for i, (a, b) in enumerate(zip(widths, widths[1:])))
 
 
-def _median_ms(fn, args, iters: int) -> float:
+def median_ms(fn, args, iters: int) -> float:
+    """Median milliseconds of `iters` calls of `fn(*args)`, each blocked until ready."""
     times = []
     for _ in range(iters):
         start = time.perf_counter()
@@ -69,7 +70,7 @@ def run_case(case: str, iters: int, rounds: int) -> dict:
     ms = {k: [] for k in variants}
     for _ in range(rounds):
         for k, f in variants.items():
-            ms[k].append(_median_ms(f, (layers, z), iters))
+            ms[k].append(median_ms(f, (layers, z), iters))
     ms = {k: statistics.median(v) for k, v in ms.items()}
     return dict(case=name, heads=heads, hidden=hidden, columns=columns,
                 blocked_path=columns >= 2 * block, **ms)

@@ -5,13 +5,14 @@
 
 Measures, with compilation and warm-up excluded and every timed call blocked until ready:
 img/s of a training step (forward, backward, SGD update; state donated) and of inference,
-compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (XLA cost analysis of
-the compiled forward) and MFU against a matrix-product peak measured on the same device in the
-same process. `--vs-timm` runs timm's PyTorch model with the same architecture, batch and
-thread count, alternating rounds with ours so that both see the same machine state, and prints
-our/timm ratios. `--baseline` does the same against a second model of ours (e.g. the nesting
-overhead of Nested-TNT over TNT); `--override` changes fields of `--model` only, so one run
-prices one ablation against the baseline:
+compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix
+products and convolutions, `matmul_flops`) and MFU against a matrix-product peak measured on
+the same device in the same process. `--vs-timm` runs timm's PyTorch model with the same
+architecture, batch and thread count (on a GPU: on CUDA, with JAX's memory preallocation capped
+at 45% to leave timm the rest), alternating rounds with ours so that both see the same machine
+state, and prints our/timm ratios. `--baseline` does the same against a second model of ours
+(e.g. the nesting overhead of Nested-TNT over TNT); `--override` changes fields of `--model`
+only, so one run prices one ablation against the baseline:
 
     python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
         --baseline=tnt_s_patch16_224
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import os
 import statistics
 import sys
@@ -29,6 +31,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -104,8 +107,8 @@ class JaxBench:
         start = time.perf_counter()
         self.compiled_infer = jax.jit(infer).lower(self.params, self.images).compile()
         self.infer_compile_s = time.perf_counter() - start
-        self.gflops_per_image = _flops(self.compiled_infer) / batch / 1e9
-        self.train_flops_per_step = _flops(self.compiled_train)
+        self.gflops_per_image = matmul_flops(infer, self.params, self.images) / batch / 1e9
+        self.train_flops_per_step = matmul_flops(train_step, self.state, self.images, self.labels, rng)
         memory = self.compiled_train.memory_analysis()
         self.train_peak_mib = None if memory is None else (
             memory.argument_size_in_bytes + memory.output_size_in_bytes
@@ -123,11 +126,36 @@ class JaxBench:
         jax.block_until_ready(self.compiled_infer(self.params, self.images))
 
 
-def _flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list):  # older jax returns one dict per device
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0))
+def matmul_flops(fn: Callable, *args) -> float:
+    """FLOPs of the matrix products and convolutions that `fn(*args)` runs, read off its jaxpr.
+
+    The usual MFU numerator, and the same on every backend: XLA's cost analysis of a compiled
+    GPU program leaves out the products it hands to cuBLAS, and on CPU counts a loop body once.
+    Scan bodies count once per iteration; other loops (unknown trip count) once.
+    """
+    return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        out = eqn.outvars[0].aval
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2.0 * out.size * math.prod(lhs[i] for i in lhs_contract)
+        elif eqn.primitive.name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
+            total += 2.0 * out.size * math.prod(rhs[i] for i in rhs_spec[1:])
+        repeats = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jax.extend.core.Jaxpr):
+                    total += repeats * _jaxpr_flops(sub)
+    return total
 
 
 def timm_twin(module, num_classes: int):
@@ -157,34 +185,53 @@ def timm_twin(module, num_classes: int):
 
 
 class TimmBench:
-    """The same architecture in timm (PyTorch, same thread count), timed the same way."""
+    """The same architecture in timm (PyTorch), timed the same way on the same kind of device.
 
-    def __init__(self, module, batch: int, num_classes: int, threads: int):
+    On a GPU backend timm runs on CUDA and each timed call ends with `torch.cuda.synchronize()`;
+    on CPU it gets `threads` threads. `bfloat16` runs timm under `torch.autocast`, PyTorch's usual
+    mixed precision (float32 parameters, bfloat16 matrix products), as ours keeps float32
+    parameters and computes in bfloat16.
+    """
+
+    def __init__(self, module, batch: int, num_classes: int, threads: int, dtype: str = "float32"):
         import torch  # optional: only the --vs-timm comparison needs PyTorch and timm
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.batch = batch
-        self.model = timm_twin(module, num_classes)
+        on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+        self.device = torch.device("cuda" if on_gpu else "cpu")
+        self.bfloat16 = dtype == "bfloat16"
+        self.model = timm_twin(module, num_classes).to(self.device)
         size = module.img_size
-        self.images = torch.randn(batch, 3, size, size)
-        self.labels = torch.randint(0, num_classes, (batch,))
+        self.images = torch.randn(batch, 3, size, size, device=self.device)
+        self.labels = torch.randint(0, num_classes, (batch,), device=self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.train_step()
         self.infer_step()
 
+    def _autocast(self):
+        return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bfloat16)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+        with self._autocast():
+            loss = self.torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
+        self._sync()
 
     def infer_step(self) -> None:
         self.model.eval()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self._autocast():
             self.model(self.images)
+        self._sync()
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -223,6 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
                         metavar="FIELD=VALUE", help="a field of --model (repeatable), e.g. mixer=False")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
+    if args.vs_timm:
+        # On a GPU, JAX would otherwise reserve 75% of its memory at start-up and leave timm
+        # too little; no effect on CPU or once JAX has started.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
 
     overrides = dict(args.override)
     ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
@@ -232,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.baseline:
         benches[args.baseline] = JaxBench(args.baseline, args.img_size, args.batch, args.dtype, args.num_classes)
     if args.vs_timm:
-        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads)
+        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads, args.dtype)
     train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
     infer = _alternate(benches, "infer_step", args.batch, args.rounds, args.iters)
     peak = matmul_peak_flops(args.dtype)

@@ -1,8 +1,12 @@
 """The benchmark scripts run and check their own variants against each other."""
 
+import gzip
 import importlib.util
+import json
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -25,6 +29,16 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(capsys):
     assert "| big | 2 -> 8 | 70,000 |" in table and "small (too small: runs unblocked)" in table
 
 
+def test_attention_core_variants_compute_our_attention(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports its sibling `mixer`
+    rows = _load("attention_core").main(["--case", "tiny:6:5:2:3", "--iters", "1"])
+    assert [r["variant"] for r in rows] == [
+        "ours", "batch-heads first", "multiply+sum", "dot_product_attention xla"]  # no cuDNN on CPU
+    assert all(r["max_diff"] < 1e-5 and r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+               for r in rows)
+    assert "| tiny (6, 5, 2, 3) | multiply+sum |" in capsys.readouterr().out
+
+
 @pytest.fixture
 def profile(monkeypatch):
     """benchmarks/profile_step.py, which imports its sibling `throughput` as a script would."""
@@ -40,6 +54,49 @@ def test_op_names_map_to_modules_and_directions(profile):
     assert profile.op_module("jit(infer)/TNT/blocks_0/norm_in/mul") == ("norm_in", "forward")
     assert profile.op_module("jit(infer)/TNT/head/dot_general") == ("head", "forward")
     assert profile.op_module("jit(train_step)/mul")[0] == profile.OUTSIDE
+
+
+def _write_trace(directory: pathlib.Path, events: list[dict]) -> None:
+    path = directory / "plugins" / "profile" / "run" / "host.trace.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+
+
+def test_op_times_on_gpu_counts_the_devices_own_events_by_hlo_op(profile, tmp_path):
+    _write_trace(tmp_path, [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "fusion.1", "dur": 5},  # the host's launch
+        {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_xmma_gemm", "dur": 7,
+         "args": {"hlo_op": "fusion.1"}},
+    ])
+    assert profile.op_times(str(tmp_path)) == [("fusion.1", 7)]
+
+
+def test_op_times_on_cpu_counts_every_thread(profile, tmp_path):
+    _write_trace(tmp_path, [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "dot.3", "dur": 5},
+        {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.2", "dur": 2},
+    ])
+    assert profile.op_times(str(tmp_path)) == [("dot.3", 5), ("fusion.2", 2)]
+
+
+def test_matmul_flops_counts_products_convolutions_and_scan_iterations():
+    throughput = _load("throughput")
+    x, w = jnp.ones((8, 16)), jnp.ones((16, 32))
+    assert throughput.matmul_flops(lambda x, w: jnp.tanh(x @ w), x, w) == 2 * 8 * 16 * 32
+    images, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 5))  # HWIO
+    conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+        x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert throughput.matmul_flops(conv, images, kernel) == 2 * (2 * 4 * 4 * 5) * (3 * 3 * 3)
+    square = jnp.ones((16, 16))
+    scanned = lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, length=3)[0]  # noqa: E731
+    assert throughput.matmul_flops(scanned, x, square) == 3 * 2 * 8 * 16 * 16
+    # Backward products count too: the gradient of x @ w costs two more products.
+    grad = jax.grad(lambda x, w: (x @ w).sum(), argnums=(0, 1))
+    assert throughput.matmul_flops(grad, x, w) == 3 * 2 * 8 * 16 * 32
 
 
 def test_profile_splits_a_training_step_by_module(profile, capsys):

@@ -1,5 +1,6 @@
 """Registry, shapes, Nested-TNT switches, stacking layouts, dtype and stochastic depth."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from nested_tnt_jax.models import (
     create_model, list_models, model_config, params_to_loop, params_to_scan)
-from nested_tnt_jax.models.layers import drop_path_rates, gelu
+from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
 
 SMALL = "nested_tnt_cifar_patch8_32"
 # rbg keys: threefry's first compile per shape costs seconds on CPU, and these tests only need
@@ -146,3 +147,22 @@ def test_gelu_is_torchs_exact_gelu_with_jaxs_gradient():
     np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
     exact_grad = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
     np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), exact_grad, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(7, 4, 16), (7, 4, 20), (3, 2, 8), (4, 4, 8)])
+def test_word_conv_as_matmul_computes_the_conv(kernel, stride, size):
+    """The GPU form of the word embedding (windows x matrix) is the conv, with nn.Conv's params.
+
+    On CPU (`as_matmul=None` here) it must stay bit for bit the nn.Conv it replaced.
+    """
+    pad = kernel // 2
+    x = _images(size, batch=3)
+    conv = nn.Conv(24, (kernel, kernel), strides=(stride, stride), padding=[(pad, pad)] * 2)
+    params = conv.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+    expected = conv.apply(params, x)
+    windowed = WindowConv(24, kernel, stride, pad)
+    assert jax.tree.map(jnp.shape, windowed.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_array_equal(windowed.apply(params, x), expected)
+    as_matmul = WindowConv(24, kernel, stride, pad, as_matmul=True).apply(params, x)
+    np.testing.assert_allclose(as_matmul, expected, rtol=1e-5, atol=1e-5)

@@ -115,6 +115,16 @@ def _blocked_mixer_bwd(block, residuals, d_out):
 _blocked_mixer.defvjp(_blocked_mixer_fwd, _blocked_mixer_bwd)
 
 
+def head_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+    """(b, q, h, d) queries and keys -> scaled logits laid out heads first, (h, b, q, k)."""
+    return jnp.einsum("bqhd,bkhd->hbqk", q, k) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+
+
+def attend(attn: jax.Array, v: jax.Array) -> jax.Array:
+    """(h, b, q, k) attention weights and (b, k, h, d) values -> (b, q, h, d)."""
+    return jnp.einsum("hbqk,bkhd->bqhd", attn, v)
+
+
 class HeadDense(nn.Module):
     """The parameters of one mixer layer over the head axis: kernel (fan_in, fan_out), bias."""
 
@@ -196,7 +206,7 @@ class Attention(nn.Module):
             q, k = qk[:, :, 0], qk[:, :, 1]
             v = dense(self.dim, "v", self.dtype, self.qkv_bias)(x).reshape(b, n, h, d)
 
-        logits = jnp.einsum("bqhd,bkhd->hbqk", q, k) * jnp.asarray(d**-0.5, self.dtype)
+        logits = head_logits(q, k)
         carried = None
         if self.nested:
             if prev_logits is not None:
@@ -213,7 +223,7 @@ class Attention(nn.Module):
         self.sow("intermediates", "attention_logits", jnp.swapaxes(logits, 0, 1))
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop)(attn, deterministic=self.deterministic)
-        y = jnp.einsum("hbqk,bkhd->bqhd", attn, v).reshape(b, n, self.dim)
+        y = attend(attn, v).reshape(b, n, self.dim)
         y = dense(self.dim, "proj", self.dtype)(y)
         y = nn.Dropout(self.proj_drop)(y, deterministic=self.deterministic)
         return y, carried

@@ -94,6 +94,54 @@ def extract_patches(x: jax.Array, patch: tuple[int, int]) -> jax.Array:
     return x.reshape(b * (h // ph) * (w // pw), ph, pw, c)
 
 
+def conv_windows(x: jax.Array, kernel: int, stride: int, pad: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H', W', kernel * kernel * C): each conv window flattened (kh, kw, c).
+
+    The order matches a flax (kh, kw, c_in, c_out) kernel reshaped to (kh * kw * c_in, c_out),
+    so a conv is this times that matrix.
+    """
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h = (x.shape[1] - kernel) // stride + 1
+    out_w = (x.shape[2] - kernel) // stride + 1
+    return jnp.concatenate(
+        [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+         for i in range(kernel) for j in range(kernel)], axis=-1)
+
+
+class WindowConv(nn.Module):
+    """A square conv with `nn.Conv`'s parameters and init; off CPU, windows x matrix.
+
+    TNT's word embedding sees raw images, which need no gradient, so its backward is only the
+    kernel gradient. On an H100 that gradient as a cuDNN conv (3 input channels, 7x7, stride 4)
+    took 32 ms of the 179 ms bf16 TNT-S training step at batch 256 (benchmarks/profile_step.py);
+    as `conv_windows` times the kernel matrix it is an ordinary GEMM, and the step ran 1.34x
+    faster. On CPU the matrix form made the CIFAR model's training step ~2% slower, so there
+    (`as_matmul=None` picks by backend) it stays XLA's conv, bit for bit the former `nn.Conv`.
+    """
+
+    features: int
+    kernel: int
+    stride: int
+    pad: int
+    dtype: Dtype = jnp.float32
+    as_matmul: bool | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
+        kernel = self.param("kernel", conv_init, shape, jnp.float32).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        as_matmul = jax.default_backend() != "cpu" if self.as_matmul is None else self.as_matmul
+        if as_matmul:
+            y = conv_windows(x, self.kernel, self.stride, self.pad) @ kernel.reshape(-1, self.features)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.stride, self.stride), [(self.pad, self.pad)] * 2,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
+
+
 class PatchEmbed(nn.Module):
     """ViT patch embedding: a stride-`patch` conv, flattened to (B, N, D)."""
 
@@ -133,9 +181,7 @@ class WordEmbed(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, pixel_pos: jax.Array) -> jax.Array:
         pad = self.kernel // 2
-        conv = nn.Conv(self.inner_dim, (self.kernel, self.kernel), strides=(self.stride,) * 2,
-                       padding=[(pad, pad), (pad, pad)], dtype=self.dtype,
-                       param_dtype=jnp.float32, kernel_init=conv_init, name="proj")
+        conv = WindowConv(self.inner_dim, self.kernel, self.stride, pad, self.dtype, name="proj")
         if self.legacy:
             g = word_grid(self.patch_size, self.kernel, self.stride)
             words = extract_patches(conv(x), (g, g))
