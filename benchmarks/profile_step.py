@@ -10,7 +10,8 @@ prints op time per step summed over XLA's threads, per module with the block ind
 forward and backward apart, next to the wall time per step. Op time above wall time means the
 threads overlapped; the split says which modules to make cheaper. On a GPU it counts the
 device's own events, so op time is GPU time. `--top-ops N` adds the N costliest single ops,
-`--override` profiles an ablation, `--trace-dir` keeps the trace for TensorBoard or Perfetto.
+`--override` profiles an ablation, `--xla-defaults` the step compiled without the trainer's XLA
+options, `--trace-dir` keeps the trace for TensorBoard or Perfetto.
 The README's breakdown of TNT-S's CPU training step was made this way, and so was the finding
 that the word embedding's conv backward took 32 of 179 ms of a bf16 TNT-S step on an H100:
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--top-ops", type=int, default=0, help="also print the N costliest XLA ops")
     parser.add_argument("--override", type=parse_override, action="append", default=[],
                         metavar="FIELD=VALUE", help="a field of --model (repeatable)")
+    parser.add_argument("--xla-defaults", action="store_true",
+                        help="compile with XLA's default options, not the trainer's (xla_options)")
     parser.add_argument("--trace-dir", default=None,
                         help="keep the trace here (for TensorBoard or Perfetto); default: discarded")
     args = parser.parse_args(argv)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
     bench = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
-                     **dict(args.override))
+                     xla_defaults=args.xla_defaults, **dict(args.override))
     compiled, step = ((bench.compiled_infer, bench.infer_step) if args.inference
                       else (bench.compiled_train, bench.train_step))
     modules = op_modules(compiled.as_text())  # JaxBench ran one warm-up step of each already

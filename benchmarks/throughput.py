@@ -5,7 +5,7 @@
 
 Measures, with compilation and warm-up excluded and every timed call blocked until ready:
 img/s of a training step (forward, backward, SGD update; state donated) and of inference,
-compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix
+both compiled with the XLA options the trainer uses (`nested_tnt_jax.xla_options`), compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix
 products and convolutions, `matmul_flops`) and MFU against a matrix-product peak measured on
 the same device in the same process. `--vs-timm` runs timm's PyTorch model with the same
 architecture, batch and thread count (on a GPU: on CUDA, with JAX's memory preallocation capped
@@ -16,6 +16,9 @@ only, so one run prices one ablation against the baseline:
 
     python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
         --baseline=tnt_s_patch16_224
+
+`--vs-xla-defaults` also runs `--model` compiled with XLA's default options, alternating, and
+prints what those options gain.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nested_tnt_jax import models
+from nested_tnt_jax import models, xla_options
 
 
 def _median_img_per_sec(step: Callable[[], None], batch: int, iters: int) -> float:
@@ -67,7 +70,8 @@ class JaxBench:
     """Compiled training and inference steps of one of our models, ready to time."""
 
     def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
-                 **overrides):
+                 xla_defaults: bool = False, **overrides):
+        """`xla_defaults` compiles without the options the trainer uses (`xla_options`)."""
         self.name = name
         self.batch = batch
         self.model = models.create_model(name, num_classes=num_classes, img_size=img_size,
@@ -100,12 +104,14 @@ class JaxBench:
         def infer(params, images):
             return self.model.apply({"params": params}, images, train=False)
 
+        options = {} if xla_defaults else xla_options.step_compiler_options()
         start = time.perf_counter()
-        self.compiled_train = jax.jit(train_step, donate_argnums=0).lower(
+        self.compiled_train = jax.jit(train_step, donate_argnums=0, compiler_options=options).lower(
             self.state, self.images, self.labels, rng).compile()
         self.train_compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        self.compiled_infer = jax.jit(infer).lower(self.params, self.images).compile()
+        self.compiled_infer = jax.jit(infer, compiler_options=options).lower(
+            self.params, self.images).compile()
         self.infer_compile_s = time.perf_counter() - start
         self.gflops_per_image = matmul_flops(infer, self.params, self.images) / batch / 1e9
         self.train_flops_per_step = matmul_flops(train_step, self.state, self.images, self.labels, rng)
@@ -266,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm")
     parser.add_argument("--vs-timm", action="store_true", help="also run timm's model, alternating")
     parser.add_argument("--baseline", default=None, help="another of our models to compare against")
+    parser.add_argument("--vs-xla-defaults", action="store_true",
+                        help="also run --model compiled with XLA's default options, alternating")
     parser.add_argument("--override", type=parse_override, action="append", default=[],
                         metavar="FIELD=VALUE", help="a field of --model (repeatable), e.g. mixer=False")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -282,6 +290,10 @@ def main(argv: list[str] | None = None) -> dict:
     benches = {label: ours}
     if args.baseline:
         benches[args.baseline] = JaxBench(args.baseline, args.img_size, args.batch, args.dtype, args.num_classes)
+    if args.vs_xla_defaults:
+        benches[label + " (XLA defaults)"] = JaxBench(
+            args.model, args.img_size, args.batch, args.dtype, args.num_classes, xla_defaults=True,
+            **overrides)
     if args.vs_timm:
         benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads, args.dtype)
     train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
@@ -314,6 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def _img_s(value: float) -> str:
+    """img/s to print: one decimal, or three significant digits for the few-img/s CPU rows."""
+    return f"{value:,.1f}" if value >= 100 else f"{value:.3g}"
+
+
 def _print_table(report: dict) -> None:
     print(f"device: {report['device']} ({report['backend']}), batch {report['batch']}, "
           f"{report['img_size']} px, {report['dtype']}, matmul peak "
@@ -325,7 +342,7 @@ def _print_table(report: dict) -> None:
             f"{row['gflops_per_image']:.2f}", f"{row['train_compile_s']:.1f}",
             "-" if row["train_peak_mib"] is None else f"{row['train_peak_mib']:.0f}",
             f"{row['train_mfu']:.1%}")
-        print(f"| {row['model']} | {row['impl']} | {row['train_img_s']:.1f} | {row['infer_img_s']:.1f} "
+        print(f"| {row['model']} | {row['impl']} | {_img_s(row['train_img_s'])} | {_img_s(row['infer_img_s'])} "
               f"| {row['params']:,} | " + " | ".join(extra) + " |")
     for name, ratio in report["ratios"].items():
         print(f"ratio {name}: train {ratio['train']:.2f}x, inference {ratio['infer']:.2f}x")

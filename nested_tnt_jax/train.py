@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nested_tnt_jax import checkpointing, data, metrics, models, optim, sharding, steps
+from nested_tnt_jax import checkpointing, data, metrics, models, optim, sharding, steps, xla_options
 
 PyTree = Any
 
@@ -256,17 +256,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     preprocess = _preprocess_fn(config, info)
     replicated = sharding.replicated_sharding(mesh)
     batch_sharding = sharding.data_sharding(mesh)
+    compiler_options = xla_options.step_compiler_options()
     train_fn = jax.jit(
         functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                           preprocess=preprocess, grad_accum_steps=config.optim.grad_accum_steps),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options,
     )
     eval_fn = jax.jit(
         functools.partial(steps.eval_step, model=model, preprocess=preprocess),
         in_shardings=(state_sharding.params, batch_sharding),
         out_shardings=replicated,
+        compiler_options=compiler_options,
     )
     validation = eval_batches(ds.eval_split)
 

@@ -126,6 +126,20 @@ def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
     assert f"ratio {ablated}/timm: train" in capsys.readouterr().out
 
 
+def test_throughput_vs_xla_defaults_compiles_the_same_model_without_the_trainers_options():
+    throughput = _load("throughput")
+    report = throughput.main([
+        "--model=tnt_cifar_patch8_word4_32", "--override=depth=1", "--vs-xla-defaults", "--batch=4",
+        "--num-classes=10", "--rounds=1", "--iters=1"])
+    ours, defaults = (row["model"] for row in report["rows"])
+    assert defaults == f"{ours} (XLA defaults)"
+    assert set(report["ratios"]) == {f"{ours}/{defaults}"}
+    benches = [throughput.JaxBench("tnt_cifar_patch8_word4_32", None, 4, "float32", 10, depth=1,
+                                   xla_defaults=flag) for flag in (False, True)]
+    ynn_fusions = [b.compiled_train.as_text().count("__ynn_fusion") for b in benches]
+    assert ynn_fusions[0] < ynn_fusions[1]  # the trainer's options keep reductions out of YNNPACK
+
+
 def test_throughput_refuses_an_override_without_a_value(capsys):
     throughput = _load("throughput")
     with pytest.raises(SystemExit):

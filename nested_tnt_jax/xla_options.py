@@ -1,0 +1,44 @@
+"""XLA compiler options for the training and evaluation steps, per backend.
+
+On CPU, XLA hands dots, convolutions and also reductions to YNNPACK by default (its "library
+fusions"). A YNNPACK fusion takes whole arrays as operands, so every broadcast that feeds one
+is first written out in full: in TNT's training step, the mean and 1/std of each LayerNorm
+over 16- or 24-wide words, broadcast back to all words for the backward pass (45 such
+broadcasts in the CPU CIFAR model's step). With YNNPACK kept to dots and convolutions, XLA
+fuses those reductions with their broadcasts into its own loops: on a 2-core CPU the training
+step of TNT's 32 px models became 6-13% faster and that of TNT-S 2%, with 18-30% less memory,
+while inference and ViT stayed within the machine's spread (`python benchmarks/throughput.py
+--model=M --vs-xla-defaults`; the figures are in README's performance section).
+
+The option is passed per compilation (`jax.jit(..., compiler_options=...)`), not through
+`XLA_FLAGS`, so it touches only this project's steps, and a jaxlib that does not know it is
+detected with a one-off test compile instead of aborting the process (an unknown name in
+`XLA_FLAGS` is fatal). If `XLA_FLAGS` sets the option itself, that choice is left alone.
+"""
+
+import functools
+import os
+
+import jax
+import numpy as np
+
+YNN_FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+CPU_OPTIONS = {
+    YNN_FUSION_TYPES: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+}
+
+
+@functools.cache
+def step_compiler_options() -> dict[str, str]:
+    """The options to compile the model's steps with on JAX's default backend.
+
+    Empty off CPU, where `XLA_FLAGS` already names the option, and on a jaxlib that rejects
+    it. Cached: the test compile runs once per process.
+    """
+    if jax.default_backend() != "cpu" or YNN_FUSION_TYPES in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
+    except jax.errors.JaxRuntimeError:  # an older or newer jaxlib without YNNPACK fusions
+        return {}
+    return dict(CPU_OPTIONS)
