@@ -27,8 +27,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from mixer import median_ms
 from nested_tnt_jax.models.attention import attend, head_logits
+from throughput import median_ms
 
 
 def _softmax(logits: jax.Array, dtype) -> jax.Array:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, mix_heads
+from throughput import median_ms
 
 DEFAULT_CASES = (
     "cifar_patch8_inner:2:8:262144",       # 64 images x 16 sentences x 16 x 16 words
@@ -37,16 +37,6 @@ def _layers(heads: int, hidden: int) -> tuple:
     return tuple((jax.random.normal(keys[2 * i], (a, b)) / np.sqrt(a),
                   jax.random.normal(keys[2 * i + 1], (b,)) * 0.1)
                  for i, (a, b) in enumerate(zip(widths, widths[1:])))
-
-
-def median_ms(fn, args, iters: int) -> float:
-    """Median milliseconds of `iters` calls of `fn(*args)`, each blocked until ready."""
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def run_case(case: str, iters: int, rounds: int) -> dict:

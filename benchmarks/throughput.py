@@ -5,9 +5,10 @@
 
 Measures, with compilation and warm-up excluded and every timed call blocked until ready:
 img/s of a training step (forward, backward, SGD update; state donated) and of inference,
-both compiled with the XLA options the trainer uses (`nested_tnt_jax.xla_options`), compile time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix
-products and convolutions, `matmul_flops`) and MFU against a matrix-product peak measured on
-the same device in the same process. `--vs-timm` runs timm's PyTorch model with the same
+both compiled with the XLA options the trainer uses (`nested_tnt_jax.xla_options`), compile
+time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix products
+and convolutions, `matmul_flops`) and MFU against a matrix-product peak measured on the same
+device in the same process. `--vs-timm` runs timm's PyTorch model with the same
 architecture, batch and thread count (on a GPU: on CUDA, with JAX's memory preallocation capped
 at 45% to leave timm the rest), alternating rounds with ours so that both see the same machine
 state, and prints our/timm ratios. `--baseline` does the same against a second model of ours
@@ -42,14 +43,24 @@ import optax
 from nested_tnt_jax import models, xla_options
 
 
-def _median_img_per_sec(step: Callable[[], None], batch: int, iters: int) -> float:
-    """Runs `step` `iters` times and returns batch / median seconds per call."""
+def call_seconds(fn: Callable, args: tuple, iters: int) -> list[float]:
+    """Seconds of each of `iters` calls of `fn(*args)`, each blocked until its result is ready."""
     times = []
     for _ in range(iters):
         start = time.perf_counter()
-        step()
+        jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable, args: tuple, iters: int) -> float:
+    """Median milliseconds of `iters` calls of `fn(*args)`, each blocked until ready."""
+    return 1000 * statistics.median(call_seconds(fn, args, iters))
+
+
+def _median_img_per_sec(step: Callable[[], None], batch: int, iters: int) -> float:
+    """Runs `step` `iters` times and returns batch / median seconds per call."""
+    return batch / statistics.median(call_seconds(step, (), iters))
 
 
 def matmul_peak_flops(dtype: str) -> float:
@@ -58,12 +69,7 @@ def matmul_peak_flops(dtype: str) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), dtype=jnp.dtype(dtype))
     matmul = jax.jit(lambda x: x @ x)
     matmul(a).block_until_ready()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        matmul(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / min(times)
+    return 2 * n**3 / min(call_seconds(matmul, (a,), 5))
 
 
 class JaxBench:

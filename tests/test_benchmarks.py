@@ -19,7 +19,8 @@ def _load(name: str):
     return module
 
 
-def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(capsys):
+def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports its sibling `throughput`
     mixer = _load("mixer")
     rows = mixer.main(["--case", "big:2:8:70000", "--case", "small:4:16:1000",
                        "--iters", "1", "--rounds", "1"])
@@ -30,7 +31,7 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(capsys):
 
 
 def test_attention_core_variants_compute_our_attention(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports its sibling `mixer`
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports its sibling `throughput`
     rows = _load("attention_core").main(["--case", "tiny:6:5:2:3", "--iters", "1"])
     assert [r["variant"] for r in rows] == [
         "ours", "batch-heads first", "multiply+sum", "dot_product_attention xla"]  # no cuDNN on CPU

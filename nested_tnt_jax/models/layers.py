@@ -115,8 +115,9 @@ class WindowConv(nn.Module):
     kernel gradient. On an H100 that gradient as a cuDNN conv (3 input channels, 7x7, stride 4)
     took 32 ms of the 179 ms bf16 TNT-S training step at batch 256 (benchmarks/profile_step.py);
     as `conv_windows` times the kernel matrix it is an ordinary GEMM, and the step ran ~1.3x
-    faster (1,434-1,448 -> 1,903-1,916 img/s). On CPU the matrix form made the CIFAR model's training step ~2% slower, so there
-    (`as_matmul=None` picks by backend) it stays XLA's conv, bit for bit the former `nn.Conv`.
+    faster (1,434-1,448 -> 1,903-1,916 img/s). On CPU the matrix form made the CIFAR model's
+    training step ~2% slower, so there (`as_matmul=None` picks by backend) it stays XLA's conv,
+    bit for bit the former `nn.Conv`.
     """
 
     features: int
