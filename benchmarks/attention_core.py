@@ -5,14 +5,15 @@
 
 Each case is `name:sequences:length:heads:head_dim`; the defaults are TNT-S's inner attention
 (batch x 196 sentences of 16 words, 4 heads of 6) and outer attention (197 tokens, 6 heads of
-64) at `--batch` images. Variants, each jitted, checked against ours and timed forward and
-forward + backward (median of `--iters` calls, compilation excluded):
+64) at `--batch` images. Variants, each jitted with the trainer's XLA options
+(`nested_tnt_jax.xla_options`), checked against the first and timed forward and forward +
+backward (median of `--iters` calls, compilation excluded):
 
-- `ours`: `attention.head_logits` and `attention.attend`, logits heads first (h, b, q, k), the
-  layout the nested chain carries and the mixer reads;
+- `ours einsum`, `ours heads_first`, `ours broadcast`: `attention.head_logits` and
+  `attention.attend` in each of their forms, logits heads first (h, b, q, k), the layout the
+  nested chain carries and the mixer reads; the last column marks the form `Attention` takes
+  on this backend for this head width (`attention.core_form`);
 - `batch-heads first`: the same products with (b, h, q, d) operands, the usual layout;
-- `multiply+sum`: QK^T and AV as broadcast products summed over the tiny axis, which XLA fuses
-  into elementwise kernels instead of calling a batched GEMM;
 - `dot_product_attention xla` / `cudnn`: `jax.nn.dot_product_attention`; cuDNN's fused kernel
   is tried only on GPU, and takes only some shapes (a refusal is printed, not raised).
 
@@ -23,11 +24,13 @@ were found: the alternatives save at most ~0.8 ms of TNT-S's ~2 ms per inner lay
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
 
-from nested_tnt_jax.models.attention import attend, head_logits
+from nested_tnt_jax import xla_options
+from nested_tnt_jax.models.attention import CORE_FORMS, attend, core_form, head_logits
 from throughput import median_ms
 
 
@@ -35,8 +38,8 @@ def _softmax(logits: jax.Array, dtype) -> jax.Array:
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
 
 
-def ours(q, k, v):
-    return attend(_softmax(head_logits(q, k), q.dtype), v)
+def ours(q, k, v, form="einsum"):
+    return attend(_softmax(head_logits(q, k, form), q.dtype), v, form)
 
 
 def batch_heads_first(q, k, v):
@@ -45,19 +48,9 @@ def batch_heads_first(q, k, v):
     return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", _softmax(logits, q.dtype), v), 1, 2)
 
 
-def multiply_sum(q, k, v):
-    f32 = jnp.float32
-    # (b, q, 1, h, d) * (b, 1, k, h, d) summed over d: logits (b, q, k, h).
-    logits = jnp.sum(q[:, :, None].astype(f32) * k[:, None].astype(f32), -1) * q.shape[-1] ** -0.5
-    attn = jax.nn.softmax(logits, axis=2)
-    # (b, q, k, h, 1) * (b, 1, k, h, d) summed over k: (b, q, h, d).
-    return jnp.sum(attn[..., None] * v[:, None].astype(f32), 2).astype(q.dtype)
-
-
 VARIANTS = {
-    "ours": ours,
+    **{f"ours {form}": functools.partial(ours, form=form) for form in CORE_FORMS},
     "batch-heads first": batch_heads_first,
-    "multiply+sum": multiply_sum,
     "dot_product_attention xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
     "dot_product_attention cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"),
 }
@@ -68,15 +61,18 @@ def run_case(case: str, dtype: str, iters: int) -> list[dict]:
     shape = tuple(int(x) for x in dims)  # (sequences, length, heads, head_dim)
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, cotangent = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
-    reference = jax.jit(ours)(q, k, v).astype(jnp.float32)
+    options = xla_options.step_compiler_options()
+    reference = jax.jit(ours, compiler_options=options)(q, k, v).astype(jnp.float32)
+    model_variant = f"ours {core_form(shape[-1])}"
     rows = []
     for variant, core in VARIANTS.items():
         if variant.endswith("cudnn") and jax.default_backend() != "gpu":
             continue
-        forward = jax.jit(core)
+        forward = jax.jit(core, compiler_options=options)
         backward = jax.jit(jax.grad(
-            lambda q, k, v: jnp.sum(core(q, k, v).astype(jnp.float32) * cotangent), argnums=(0, 1, 2)))
-        row = dict(case=name, shape=shape, variant=variant)
+            lambda q, k, v: jnp.sum(core(q, k, v).astype(jnp.float32) * cotangent), argnums=(0, 1, 2)),
+            compiler_options=options)
+        row = dict(case=name, shape=shape, variant=variant, in_model=variant == model_variant)
         try:  # compiles both, and warms them up
             out = forward(q, k, v).astype(jnp.float32)
             jax.block_until_ready(backward(q, k, v))
@@ -99,15 +95,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cases = args.case or [f"tnt_s_inner:{args.batch * 196}:16:4:6", f"tnt_s_outer:{args.batch}:197:6:64"]
     rows = [row for case in cases for row in run_case(case, args.dtype, args.iters)]
     print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, attention core only")
-    print("| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms | max diff to ours |")
-    print("|---|---|---:|---:|---:|")
+    print("| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms "
+          "| max diff to ours einsum | the model's |")
+    print("|---|---|---:|---:|---:|---|")
     for r in rows:
         case = f"{r['case']} {r['shape']}"
         if "refused" in r:
-            print(f"| {case} | {r['variant']} | refused: {r['refused']} | | |")
+            print(f"| {case} | {r['variant']} | refused: {r['refused']} | | | |")
         else:
             print(f"| {case} | {r['variant']} | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} "
-                  f"| {r['max_diff']:.3g} |")
+                  f"| {r['max_diff']:.3g} | {'yes' if r['in_model'] else ''} |")
     return rows
 
 

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, Attention, LogitMixer, mix_heads
+from nested_tnt_jax import xla_options
+from nested_tnt_jax.models.attention import (
+    CORE_FORMS, CPU_BLOCK_ELEMENTS, Attention, LogitMixer, attend, core_form, head_logits, mix_heads)
 
 DIM, HEADS = 16, 4
 
@@ -39,6 +41,50 @@ def test_plain_attention_matches_softmax_reference_and_carries_nothing():
     ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(3, 5, DIM)
     ref = ctx @ params["proj"]["kernel"] + params["proj"]["bias"]
     np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(6, 16, 4, 6), (2, 9, 3, 40)])
+@pytest.mark.parametrize("form", CORE_FORMS[1:])
+def test_core_forms_give_the_einsum_values_and_gradients(form, shape):
+    """Each way of writing QK^T and AV (narrow word heads and wide outer heads) against the
+    plain einsums, forward and backward, with logits heads first in every form."""
+    q, k, v, cotangent = (jax.random.normal(jax.random.key(i), shape) for i in range(4))
+
+    def core(form):
+        def fn(q, k, v):
+            logits = head_logits(q, k, form)
+            return attend(jax.nn.softmax(logits, axis=-1), v, form), logits
+        return jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))
+
+    (want, want_logits), want_vjp = core("einsum")(q, k, v)
+    (got, got_logits), got_vjp = core(form)(q, k, v)
+    assert got_logits.shape == (shape[2], shape[0], shape[1], shape[1])
+    np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cotangents = (cotangent, jnp.ones_like(want_logits))
+    for g, w in zip(got_vjp(cotangents), want_vjp(cotangents)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_broadcast_form_keeps_bfloat16_and_tracks_float32():
+    q, k, v = (jax.random.normal(jax.random.key(i), (4, 16, 2, 6)) for i in range(3))
+    bf16 = [t.astype(jnp.bfloat16) for t in (q, k, v)]
+    logits = head_logits(*bf16[:2], "broadcast")
+    out = attend(jax.nn.softmax(logits, axis=-1), bf16[2], "broadcast")
+    assert logits.dtype == out.dtype == jnp.bfloat16
+    want = attend(jax.nn.softmax(head_logits(q, k), axis=-1), v)
+    np.testing.assert_allclose(out.astype(jnp.float32), want, atol=0.05)
+
+
+def test_core_form_on_cpu_picks_by_head_width_and_unknown_forms_fail(monkeypatch):
+    assert [core_form(d) for d in (6, 8, 24, 32, 64)] == [
+        "broadcast", "broadcast", "einsum", "heads_first", "heads_first"]
+    # Without the trainer's XLA options, YNNPACK would materialise the broadcast products.
+    monkeypatch.setattr(xla_options, "step_compiler_options", dict)
+    assert [core_form(d) for d in (6, 64)] == ["einsum", "heads_first"]
+    x = jnp.zeros((1, 2, 1, 4))
+    with pytest.raises(ValueError, match="Unknown attention core form 'bmm'"):
+        head_logits(x, x, "bmm")
 
 
 def test_first_layer_of_chain_carries_scores_and_has_no_mixer():

@@ -32,12 +32,15 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(monkeypatch,
 
 def test_attention_core_variants_compute_our_attention(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports its sibling `throughput`
-    rows = _load("attention_core").main(["--case", "tiny:6:5:2:3", "--iters", "1"])
-    assert [r["variant"] for r in rows] == [
-        "ours", "batch-heads first", "multiply+sum", "dot_product_attention xla"]  # no cuDNN on CPU
+    rows = _load("attention_core").main(["--case", "tiny:6:5:2:3", "--case", "wide:2:5:2:64",
+                                         "--iters", "1"])
+    assert [r["variant"] for r in rows[:5]] == [
+        "ours einsum", "ours heads_first", "ours broadcast", "batch-heads first",
+        "dot_product_attention xla"]  # no cuDNN on CPU
     assert all(r["max_diff"] < 1e-5 and r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
                for r in rows)
-    assert "| tiny (6, 5, 2, 3) | multiply+sum |" in capsys.readouterr().out
+    assert [r["variant"] for r in rows if r["in_model"]] == ["ours broadcast", "ours heads_first"]
+    assert "| tiny (6, 5, 2, 3) | ours broadcast | " in capsys.readouterr().out
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.layers import Dtype, dense
 
 
@@ -35,6 +36,12 @@ mixer_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 CPU_BLOCK_ELEMENTS = 2**18
 # (kernel (fan_in, fan_out), bias (fan_out,)) of each mixer layer, fc1 to fc3.
 MixerLayers = tuple[tuple[jax.Array, jax.Array], ...]
+# On CPU the attention core's products are broadcast products for heads at most
+# CPU_BROADCAST_MAX_DIM wide (TNT's word attention) and GEMMs on heads-first operands for heads
+# at least CPU_HEADS_FIRST_MIN_DIM wide (outer and ViT attention); see `core_form`.
+CPU_BROADCAST_MAX_DIM = 16
+CPU_HEADS_FIRST_MIN_DIM = 32
+CORE_FORMS = ("einsum", "heads_first", "broadcast")
 LEAKY_SLOPE = 0.2  # the mixer's LeakyReLU; the hand-written backward uses it too
 
 
@@ -115,14 +122,68 @@ def _blocked_mixer_bwd(block, residuals, d_out):
 _blocked_mixer.defvjp(_blocked_mixer_fwd, _blocked_mixer_bwd)
 
 
-def head_logits(q: jax.Array, k: jax.Array) -> jax.Array:
-    """(b, q, h, d) queries and keys -> scaled logits laid out heads first, (h, b, q, k)."""
-    return jnp.einsum("bqhd,bkhd->hbqk", q, k) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+def head_logits(q: jax.Array, k: jax.Array, form: str = "einsum") -> jax.Array:
+    """(b, q, h, d) queries and keys -> scaled logits laid out heads first, (h, b, q, k).
+
+    `form` (one of `CORE_FORMS`) picks how the product is written; all give the same values:
+    `"einsum"` leaves the layouts to XLA; `"heads_first"` moves the operands to (h, b, n, d),
+    so the product is a batched GEMM over contiguous (n, d) matrices; `"broadcast"` multiplies
+    (h, b, q, 1, d) by (h, b, 1, k, d) and sums over d, elementwise loops that XLA fuses with
+    their neighbours where a GEMM call per tiny (q, d) matrix would cost more than its work.
+    """
+    scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    if form == "einsum":
+        return jnp.einsum("bqhd,bkhd->hbqk", q, k) * scale
+    q, k = _heads_first(q), _heads_first(k)
+    if form == "heads_first":
+        return jnp.einsum("hbqd,hbkd->hbqk", q, k) * scale
+    _check_form(form)
+    products = q[:, :, :, None].astype(jnp.float32) * k[:, :, None].astype(jnp.float32)
+    return jnp.sum(products, axis=-1).astype(q.dtype) * scale
 
 
-def attend(attn: jax.Array, v: jax.Array) -> jax.Array:
-    """(h, b, q, k) attention weights and (b, k, h, d) values -> (b, q, h, d)."""
-    return jnp.einsum("hbqk,bkhd->bqhd", attn, v)
+def attend(attn: jax.Array, v: jax.Array, form: str = "einsum") -> jax.Array:
+    """(h, b, q, k) attention weights and (b, k, h, d) values -> (b, q, h, d), `form` as above.
+
+    Left to itself, XLA:CPU computes this product as (b, h, d, q) and transposes it after; in
+    the `"heads_first"` form the output comes as (h, b, q, d), whose transpose back is cheap
+    next to the product when d is large. `"broadcast"` sums (b, q, k, h, 1) x (b, 1, k, h, d)
+    over k.
+    """
+    if form == "einsum":
+        return jnp.einsum("hbqk,bkhd->bqhd", attn, v)
+    if form == "heads_first":
+        return jnp.transpose(jnp.einsum("hbqk,hbkd->hbqd", attn, _heads_first(v)), (1, 2, 0, 3))
+    _check_form(form)
+    weights = jnp.transpose(attn, (1, 2, 3, 0))[..., None].astype(jnp.float32)
+    return jnp.sum(weights * v[:, None].astype(jnp.float32), axis=2).astype(v.dtype)
+
+
+def _heads_first(x: jax.Array) -> jax.Array:
+    return jnp.transpose(x, (2, 0, 1, 3))  # (b, n, h, d) -> (h, b, n, d)
+
+
+def _check_form(form: str) -> None:
+    if form not in CORE_FORMS:
+        raise ValueError(f"Unknown attention core form {form!r}; the forms are {CORE_FORMS}.")
+
+
+def core_form(head_dim: int) -> str:
+    """The form of `head_logits` and `attend` that `Attention` uses on this backend.
+
+    On a 2-core CPU (`python benchmarks/attention_core.py`, forward+backward), TNT-S's outer
+    attention core (6 heads of 64) ran 1.7x faster heads first, its inner one (4 heads of 6)
+    1.3x faster as broadcast products, and the 32 px models' inner one (2 heads of 8 over 4 or
+    16 words) 5x and 1.4x; each form was slower than the einsum on the other kind of heads.
+    GPUs keep the einsum form, as nothing has been measured there.
+    """
+    if jax.default_backend() != "cpu":
+        return "einsum"
+    if head_dim <= CPU_BROADCAST_MAX_DIM:
+        # Only with reductions kept out of YNNPACK (`xla_options`): handed to YNNPACK, as by
+        # XLA's defaults, the broadcast products are written out in full, 12x slower.
+        return "broadcast" if xla_options.step_compiler_options() else "einsum"
+    return "heads_first" if head_dim >= CPU_HEADS_FIRST_MIN_DIM else "einsum"
 
 
 class HeadDense(nn.Module):
@@ -206,7 +267,8 @@ class Attention(nn.Module):
             q, k = qk[:, :, 0], qk[:, :, 1]
             v = dense(self.dim, "v", self.dtype, self.qkv_bias)(x).reshape(b, n, h, d)
 
-        logits = head_logits(q, k)
+        form = core_form(d)
+        logits = head_logits(q, k, form)
         carried = None
         if self.nested:
             if prev_logits is not None:
@@ -223,7 +285,7 @@ class Attention(nn.Module):
         self.sow("intermediates", "attention_logits", jnp.swapaxes(logits, 0, 1))
         attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop)(attn, deterministic=self.deterministic)
-        y = attend(attn, v).reshape(b, n, self.dim)
+        y = attend(attn, v, form).reshape(b, n, self.dim)
         y = dense(self.dim, "proj", self.dtype)(y)
         y = nn.Dropout(self.proj_drop)(y, deterministic=self.deterministic)
         return y, carried
