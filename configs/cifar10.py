@@ -24,11 +24,12 @@ for a 2-core CPU. Deviations from the paper setup, all for a 20-minute CPU run:
   Command: python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=../shared/tfds --workdir=runs/c10_cpu
   Hardware / time / accuracy (measured on the project's 2-core CPU, idle): 8,000 steps (10.5
-  epochs) in 16.7 min wall (1,005 s, reading the data into memory, compilation and
-  evaluations included; 542 img/s),
-  test top-1 58.4%, top-5 95.2% on the 10k test set, validation 61.4% at step 7,500
-  (docs/cifar10_cpu_curve.png; `pytest -m slow tests/test_cifar10_cpu_run.py` re-checks the
-  55% bar). ViT/TNT are compared in experiments/cpu_sweep/.
+  epochs) in 16-21 min wall (961 s at 568 img/s, and 1,230 s at 445 img/s on a slower hour of
+  the same VM; reading the data into memory, compilation and evaluations included), test
+  top-1 58.3-58.6%, top-5 95.3-95.4% on the 10k test set, validation 61.3-61.7% at step 7,500
+  (README "Training"; docs/cifar10_cpu_curve.png; `pytest -m slow
+  tests/test_cifar10_cpu_run.py` re-checks the 55% bar). ViT/TNT are compared in
+  experiments/cpu_sweep/.
 """
 
 import pathlib
