@@ -63,7 +63,8 @@ def run_case(case: str, dtype: str, iters: int) -> list[dict]:
     q, k, v, cotangent = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
     options = xla_options.step_compiler_options()
     reference = jax.jit(ours, compiler_options=options)(q, k, v).astype(jnp.float32)
-    model_variant = f"ours {core_form(shape[-1])}"
+    # As `models.compiled_with` resolves a model's default "auto" for these options.
+    model_variant = f"ours {core_form('auto_xla_options' if options else 'auto', shape[-1])}"
     rows = []
     for variant, core in VARIANTS.items():
         if variant.endswith("cudnn") and jax.default_backend() != "gpu":

@@ -18,8 +18,15 @@ only, so one run prices one ablation against the baseline:
     python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
         --baseline=tnt_s_patch16_224
 
-`--vs-xla-defaults` also runs `--model` compiled with XLA's default options, alternating, and
-prints what those options gain.
+and `--baseline-override` changes the baseline's, so the same model can be its own baseline
+(what the CPU attention core forms gain over the einsum everywhere):
+
+    python benchmarks/throughput.py --model=tnt_s_patch16_224 --baseline=tnt_s_patch16_224 \
+        --baseline-override=attention_core=einsum
+
+`--vs-xla-defaults` also runs `--model` compiled with XLA's default options (and so with the
+attention core a default compile gets, `models.compiled_with`), alternating, and prints what
+those options gain.
 """
 
 from __future__ import annotations
@@ -77,11 +84,13 @@ class JaxBench:
 
     def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
                  xla_defaults: bool = False, **overrides):
-        """`xla_defaults` compiles without the options the trainer uses (`xla_options`)."""
+        """`xla_defaults` compiles without the options the trainer uses (`xla_options`), and
+        so with the attention core a default compile gets (`models.compiled_with`)."""
         self.name = name
         self.batch = batch
-        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size,
-                                         dtype=dtype, **overrides)
+        options = {} if xla_defaults else xla_options.step_compiler_options()
+        self.model = models.compiled_with(models.create_model(
+            name, num_classes=num_classes, img_size=img_size, dtype=dtype, **overrides), options)
         size = self.model.img_size
         rng = jax.random.key(0)
         self.images = jax.random.normal(rng, (batch, size, size, 3), jnp.float32)
@@ -110,7 +119,6 @@ class JaxBench:
         def infer(params, images):
             return self.model.apply({"params": params}, images, train=False)
 
-        options = {} if xla_defaults else xla_options.step_compiler_options()
         start = time.perf_counter()
         self.compiled_train = jax.jit(train_step, donate_argnums=0, compiler_options=options).lower(
             self.state, self.images, self.labels, rng).compile()
@@ -257,6 +265,10 @@ def parse_override(text: str) -> tuple[str, object]:
         return field, value
 
 
+def _label(model: str, overrides: dict) -> str:
+    return model + "".join(f" {k}={v}" for k, v in overrides.items())
+
+
 def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) -> dict[str, float]:
     """Median img/s per bench over `rounds` alternating rounds of `iters` calls each."""
     results = {name: [] for name in benches}
@@ -282,6 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also run --model compiled with XLA's default options, alternating")
     parser.add_argument("--override", type=parse_override, action="append", default=[],
                         metavar="FIELD=VALUE", help="a field of --model (repeatable), e.g. mixer=False")
+    parser.add_argument("--baseline-override", type=parse_override, action="append", default=[],
+                        metavar="FIELD=VALUE",
+                        help="a field of --baseline (repeatable), e.g. attention_core=einsum")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     if args.vs_timm:
@@ -292,10 +307,13 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = dict(args.override)
     ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
                     **overrides)
-    label = args.model + "".join(f" {k}={v}" for k, v in overrides.items())
+    label = _label(args.model, overrides)
     benches = {label: ours}
     if args.baseline:
-        benches[args.baseline] = JaxBench(args.baseline, args.img_size, args.batch, args.dtype, args.num_classes)
+        baseline_overrides = dict(args.baseline_override)
+        benches[_label(args.baseline, baseline_overrides)] = JaxBench(
+            args.baseline, args.img_size, args.batch, args.dtype, args.num_classes,
+            **baseline_overrides)
     if args.vs_xla_defaults:
         benches[label + " (XLA defaults)"] = JaxBench(
             args.model, args.img_size, args.batch, args.dtype, args.num_classes, xla_defaults=True,

@@ -38,15 +38,7 @@ def step_compiler_options() -> dict[str, str]:
     if jax.default_backend() != "cpu" or YNN_FUSION_TYPES in os.environ.get("XLA_FLAGS", ""):
         return {}
     try:
-        jax.jit(option_probe, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
+        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
     except jax.errors.JaxRuntimeError:  # an older or newer jaxlib without YNNPACK fusions
         return {}
     return dict(CPU_OPTIONS)
-
-
-def option_probe(x):
-    """The scalar program whose compilation tells whether this jaxlib takes the options.
-
-    Named, so that its compile log line (`JAX_LOG_COMPILES`) tells it from the model's.
-    """
-    return x + 1

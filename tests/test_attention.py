@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.attention import (
     CORE_FORMS, CPU_BLOCK_ELEMENTS, Attention, LogitMixer, attend, core_form, head_logits, mix_heads)
 
@@ -76,12 +75,16 @@ def test_broadcast_form_keeps_bfloat16_and_tracks_float32():
     np.testing.assert_allclose(out.astype(jnp.float32), want, atol=0.05)
 
 
-def test_core_form_on_cpu_picks_by_head_width_and_unknown_forms_fail(monkeypatch):
-    assert [core_form(d) for d in (6, 8, 24, 32, 64)] == [
-        "broadcast", "broadcast", "einsum", "heads_first", "heads_first"]
+def test_core_form_on_cpu_picks_by_head_width_and_unknown_forms_fail():
+    widths = (6, 8, 24, 32, 64)
     # Without the trainer's XLA options, YNNPACK would materialise the broadcast products.
-    monkeypatch.setattr(xla_options, "step_compiler_options", dict)
-    assert [core_form(d) for d in (6, 64)] == ["einsum", "heads_first"]
+    assert [core_form("auto", d) for d in widths] == [
+        "einsum", "einsum", "einsum", "heads_first", "heads_first"]
+    assert [core_form("auto_xla_options", d) for d in widths] == [
+        "broadcast", "broadcast", "einsum", "heads_first", "heads_first"]
+    assert [core_form(form, 6) for form in CORE_FORMS] == list(CORE_FORMS)
+    with pytest.raises(ValueError, match="Unknown attention_core 'bmm'.*auto_xla_options"):
+        core_form("bmm", 6)
     x = jnp.zeros((1, 2, 1, 4))
     with pytest.raises(ValueError, match="Unknown attention core form 'bmm'"):
         head_logits(x, x, "bmm")

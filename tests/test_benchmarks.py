@@ -116,21 +116,22 @@ def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
     throughput = _load("throughput")
     report = throughput.main([
         "--model=tnt_cifar_patch8_word4_32", "--override=depth=2", "--override=mlp_ratio=1.0",
-        "--baseline=tnt_cifar_patch8_word4_32", "--vs-timm", "--batch=4", "--num-classes=10",
-        "--rounds=1", "--iters=1", "--threads=1"])
+        "--baseline=tnt_cifar_patch8_word4_32", "--baseline-override=attention_core=einsum",
+        "--vs-timm", "--batch=4", "--num-classes=10", "--rounds=1", "--iters=1", "--threads=1"])
     rows = {row["model"]: row for row in report["rows"]}
     ablated = "tnt_cifar_patch8_word4_32 depth=2 mlp_ratio=1.0"
-    assert list(rows) == [ablated, "tnt_cifar_patch8_word4_32", "timm"]
+    baseline = "tnt_cifar_patch8_word4_32 attention_core=einsum"
+    assert list(rows) == [ablated, baseline, "timm"]
     # The overrides reach our model and its timm twin, not the baseline.
-    assert rows[ablated]["params"] == rows["timm"]["params"] < rows["tnt_cifar_patch8_word4_32"]["params"]
-    assert rows[ablated]["gflops_per_image"] < rows["tnt_cifar_patch8_word4_32"]["gflops_per_image"]
-    assert set(report["ratios"]) == {f"{ablated}/tnt_cifar_patch8_word4_32", f"{ablated}/timm"}
+    assert rows[ablated]["params"] == rows["timm"]["params"] < rows[baseline]["params"]
+    assert rows[ablated]["gflops_per_image"] < rows[baseline]["gflops_per_image"]
+    assert set(report["ratios"]) == {f"{ablated}/{baseline}", f"{ablated}/timm"}
     assert all(r["train"] > 0 and r["infer"] > 0 for r in report["ratios"].values())
     assert all(0 < row["train_mfu"] < 1 for row in report["rows"] if row["impl"] == "jax")
     assert f"ratio {ablated}/timm: train" in capsys.readouterr().out
 
 
-def test_throughput_vs_xla_defaults_compiles_the_same_model_without_the_trainers_options():
+def test_throughput_vs_xla_defaults_compiles_the_model_without_the_trainers_options():
     throughput = _load("throughput")
     report = throughput.main([
         "--model=tnt_cifar_patch8_word4_32", "--override=depth=1", "--vs-xla-defaults", "--batch=4",
@@ -142,6 +143,8 @@ def test_throughput_vs_xla_defaults_compiles_the_same_model_without_the_trainers
                                    xla_defaults=flag) for flag in (False, True)]
     ynn_fusions = [b.compiled_train.as_text().count("__ynn_fusion") for b in benches]
     assert ynn_fusions[0] < ynn_fusions[1]  # the trainer's options keep reductions out of YNNPACK
+    # ... and each compile gets the attention core that suits it (`models.compiled_with`).
+    assert [b.model.attention_core for b in benches] == ["auto_xla_options", "auto"]
 
 
 def test_throughput_refuses_an_override_without_a_value(capsys):

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nested_tnt_jax import xla_options
 from nested_tnt_jax.models import (
-    create_model, list_models, model_config, params_to_loop, params_to_scan)
+    compiled_with, create_model, list_models, model_config, params_to_loop, params_to_scan)
 from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
 
 SMALL = "nested_tnt_cifar_patch8_32"
@@ -43,6 +44,34 @@ def test_registry_errors_are_clear():
         create_model("vit_small_patch16_224", nest_outer=True)
     with pytest.raises(ValueError, match="not divisible by the patch size 16"):
         create_model("tnt_s_patch16_224", img_size=200)
+    with pytest.raises(ValueError, match="Unknown attention_core 'flash'.*auto_xla_options"):
+        create_model("vit_small_patch16_224", attention_core="flash")
+
+
+def test_the_trainers_attention_core_computes_the_same_model():
+    """The trainer's path (`compiled_with` its XLA options: on CPU, broadcast word attention
+    and heads-first outer attention) against the einsum everywhere: one training loss and
+    gradient from the same params. A choice the caller made is never replaced."""
+    model = create_model(SMALL, num_classes=10, depth=2)  # the second block mixes the chain
+    params = jax.jit(_init, static_argnums=0)(model)["params"]
+    images, labels = _images(), jnp.array([3, 7])
+    options = xla_options.step_compiler_options()
+
+    def loss_and_grads(module, compiler_options):
+        def loss(p):
+            logits = module.apply({"params": p}, images, train=True, rngs=RNGS)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+        return jax.jit(jax.value_and_grad(loss), compiler_options=compiler_options)(params)
+
+    einsum = model.clone(attention_core="einsum")
+    trainers = compiled_with(model, options)
+    assert trainers.attention_core == ("auto_xla_options" if options else "auto")
+    assert compiled_with(einsum, options).attention_core == "einsum"
+    (got_loss, got_grads), (want_loss, want_grads) = (
+        loss_and_grads(trainers, options), loss_and_grads(einsum, {}))
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
+                 got_grads, want_grads)
 
 
 def test_img_size_changes_the_sentence_grid():

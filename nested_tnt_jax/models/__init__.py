@@ -3,7 +3,8 @@
 `create_model(name, num_classes=1000, img_size=None, **overrides)` returns a `flax.linen`
 module; `module.apply(variables, images_nhwc, train=..., rngs={"dropout": k1, "noise": k2})`
 returns float32 logits. Overrides are the module's fields (`drop_path_rate`, `nest_inner`,
-`dtype`, `scan_blocks`, ...).
+`dtype`, `scan_blocks`, `attention_core`, ...). A program compiled with the trainer's XLA
+options traces `compiled_with(module, options)` instead, whose attention core suits them.
 """
 
 import dataclasses
@@ -12,11 +13,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nested_tnt_jax.models.attention import CORE_CHOICES
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
 
-__all__ = ["create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
+__all__ = ["compiled_with", "create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
            "TNT", "ViT"]
 
 _NESTED = dict(nest_inner=True, nest_outer=True)
@@ -94,9 +96,25 @@ def create_model(
     if "dtype" in kwargs:
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     module = cls(**kwargs)
+    if module.attention_core not in CORE_CHOICES:
+        raise ValueError(
+            f"Unknown attention_core {module.attention_core!r} for model {name!r}; use one of "
+            f"{', '.join(CORE_CHOICES)} ('auto' picks per head width).")
     if module.img_size % module.patch_size:
         raise ValueError(
             f"Image size {module.img_size} is not divisible by the patch size "
             f"{module.patch_size} of model {name!r}; pass an img_size that is a multiple of "
             f"{module.patch_size}.")
+    return module
+
+
+def compiled_with(module: nn.Module, compiler_options: dict[str, str]) -> nn.Module:
+    """`module` to trace for a program compiled with `compiler_options`.
+
+    The options are `xla_options.step_compiler_options()` or none; where they are set, an
+    `attention_core="auto"` becomes `"auto_xla_options"`, whose CPU attention core relies on
+    them (`attention.core_form`). Any other choice, and the parameters, stay as they are.
+    """
+    if module.attention_core == "auto" and compiler_options:
+        return module.clone(attention_core="auto_xla_options")
     return module

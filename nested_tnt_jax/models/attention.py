@@ -25,7 +25,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.layers import Dtype, dense
 
 
@@ -42,6 +41,11 @@ MixerLayers = tuple[tuple[jax.Array, jax.Array], ...]
 CPU_BROADCAST_MAX_DIM = 16
 CPU_HEADS_FIRST_MIN_DIM = 32
 CORE_FORMS = ("einsum", "heads_first", "broadcast")
+# A model's `attention_core`: one of CORE_FORMS for every attention layer, or a rule that picks
+# per head width (`core_form`): "auto" for programs compiled with XLA's defaults, such as a
+# user's own `jax.jit(model.apply)`; "auto_xla_options" for programs compiled with
+# `xla_options.step_compiler_options()`, as the trainer's steps are (`models.compiled_with`).
+CORE_CHOICES = ("auto", "auto_xla_options", *CORE_FORMS)
 LEAKY_SLOPE = 0.2  # the mixer's LeakyReLU; the hand-written backward uses it too
 
 
@@ -168,22 +172,28 @@ def _check_form(form: str) -> None:
         raise ValueError(f"Unknown attention core form {form!r}; the forms are {CORE_FORMS}.")
 
 
-def core_form(head_dim: int) -> str:
-    """The form of `head_logits` and `attend` that `Attention` uses on this backend.
+def core_form(choice: str, head_dim: int) -> str:
+    """The form of `head_logits` and `attend` for an `attention_core` choice and head width.
 
     On a 2-core CPU (`python benchmarks/attention_core.py`, forward+backward), TNT-S's outer
     attention core (6 heads of 64) ran 1.7x faster heads first, its inner one (4 heads of 6)
     1.3x faster as broadcast products, and the 32 px models' inner one (2 heads of 8 over 4 or
     16 words) 5x and 1.4x; each form was slower than the einsum on the other kind of heads.
-    GPUs keep the einsum form, as nothing has been measured there.
+    The broadcast form needs the reductions kept out of YNNPACK (`xla_options`): under XLA's
+    defaults YNNPACK takes them and the products are written out in full, ~12x slower, so
+    plain "auto" keeps the einsum there. GPUs keep the einsum, as nothing has been measured.
     """
+    if choice in CORE_FORMS:
+        return choice
+    if choice not in CORE_CHOICES:
+        raise ValueError(f"Unknown attention_core {choice!r}; use one of {', '.join(CORE_CHOICES)}.")
     if jax.default_backend() != "cpu":
         return "einsum"
-    if head_dim <= CPU_BROADCAST_MAX_DIM:
-        # Only with reductions kept out of YNNPACK (`xla_options`): handed to YNNPACK, as by
-        # XLA's defaults, the broadcast products are written out in full, 12x slower.
-        return "broadcast" if xla_options.step_compiler_options() else "einsum"
-    return "heads_first" if head_dim >= CPU_HEADS_FIRST_MIN_DIM else "einsum"
+    if head_dim >= CPU_HEADS_FIRST_MIN_DIM:
+        return "heads_first"
+    if head_dim <= CPU_BROADCAST_MAX_DIM and choice == "auto_xla_options":
+        return "broadcast"
+    return "einsum"
 
 
 class HeadDense(nn.Module):
@@ -231,12 +241,14 @@ class Attention(nn.Module):
     """timm's multi-head attention, optionally one link of a nested-attention chain.
 
     `fused_qkv` picks timm's ViT layout (one `qkv` Linear) over its TNT layout (`qk` and `v`).
-    `__call__(x, prev_logits)` returns `(y, logits)`, logits laid out (heads, batch, q, k). With `nested=False` logits are None and
-    this is exactly timm's attention. With `nested=True` the returned logits are Ã_l; pass
-    `prev_logits=None` for the first layer of a chain (no mixer is created there). `mixer=False`
-    drops g_l (A_l = S_l + Ã_{l-1}); `logit_noise` scales ε (0 turns it off). Any leading batch
-    shape works as one einsum batch, so TNT's inner attention over all B*N sentences is a
-    single call.
+    `__call__(x, prev_logits)` returns `(y, logits)`, logits laid out (heads, batch, q, k).
+    With `nested=False` logits are None and this is exactly timm's attention. With
+    `nested=True` the returned logits are Ã_l; pass `prev_logits=None` for the first layer of a
+    chain (no mixer is created there). `mixer=False` drops g_l (A_l = S_l + Ã_{l-1});
+    `logit_noise` scales ε (0 turns it off). Any leading batch shape works as one einsum batch,
+    so TNT's inner attention over all B*N sentences is a single call. `core` (one of
+    `CORE_CHOICES`) picks how QK^T and AV are written (`core_form`); every choice computes the
+    same values.
     """
 
     dim: int
@@ -250,6 +262,7 @@ class Attention(nn.Module):
     mixer_ratio: int = 4
     logit_noise: float = 1.0
     deterministic: bool = True
+    core: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -267,7 +280,7 @@ class Attention(nn.Module):
             q, k = qk[:, :, 0], qk[:, :, 1]
             v = dense(self.dim, "v", self.dtype, self.qkv_bias)(x).reshape(b, n, h, d)
 
-        form = core_form(d)
+        form = core_form(self.core, d)
         logits = head_logits(q, k, form)
         carried = None
         if self.nested:

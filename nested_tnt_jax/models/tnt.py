@@ -45,6 +45,7 @@ class TNTBlock(nn.Module):
     mixer: bool = True
     mixer_ratio: int = 4
     logit_noise: float = 1.0
+    attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
@@ -53,7 +54,8 @@ class TNTBlock(nn.Module):
             dim, heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
             proj_drop=self.proj_drop, nested=nested, mixer=self.mixer,
             mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
-            deterministic=self.deterministic, dtype=self.dtype, name=name)
+            deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
+            name=name)
 
     @nn.compact
     def __call__(self, carry: Carry, drop_path: float | jax.Array) -> tuple[Carry, None]:
@@ -97,7 +99,8 @@ class TNT(nn.Module):
     `word_kernel` / `word_stride` are the word conv's kernel and stride (timm: 7 and 4, i.e.
     4x4 words in a 16x16 patch); small-image variants use e.g. kernel 3, stride 1. The nesting
     flags (`nest_inner`, `nest_outer`, `mixer`, `mixer_ratio`, `logit_noise`) make each
-    ablation a config change; TNT is the default with both chains off.
+    ablation a config change; TNT is the default with both chains off. `attention_core` picks
+    how every attention layer writes QK^T and AV (`attention.CORE_CHOICES`; same values).
     """
 
     img_size: int = 224
@@ -118,6 +121,7 @@ class TNT(nn.Module):
     mixer: bool = True
     mixer_ratio: int = 4
     logit_noise: float = 1.0
+    attention_core: str = "auto"
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
@@ -155,7 +159,8 @@ class TNT(nn.Module):
             mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
             attn_drop=self.attn_drop_rate, legacy=self.legacy, nest_inner=self.nest_inner,
             nest_outer=self.nest_outer, mixer=self.mixer, mixer_ratio=self.mixer_ratio,
-            logit_noise=self.logit_noise, deterministic=not train, dtype=self.dtype)
+            logit_noise=self.logit_noise, attention_core=self.attention_core,
+            deterministic=not train, dtype=self.dtype)
         _, sentences, _, _ = stack_blocks(
             TNTBlock, block_kwargs, (words, sentences, None, None),
             drop_path_rates(self.drop_path_rate, self.depth),

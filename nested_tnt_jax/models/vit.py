@@ -21,6 +21,7 @@ class ViTBlock(nn.Module):
     qkv_bias: bool = True
     proj_drop: float = 0.0
     attn_drop: float = 0.0
+    attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
@@ -30,7 +31,8 @@ class ViTBlock(nn.Module):
         y, _ = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, fused_qkv=True,
             attn_drop=self.attn_drop, proj_drop=self.proj_drop,
-            deterministic=self.deterministic, dtype=self.dtype, name="attn",
+            deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
+            name="attn",
         )(layer_norm(VIT_EPS, "norm1", self.dtype)(x))
         x = x + path(y, drop_path)
         y = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.proj_drop, self.deterministic,
@@ -43,6 +45,7 @@ class ViT(nn.Module):
 
     Parameter names follow timm (`patch_embed/proj`, `cls_token`, `pos_embed`, `blocks_i/attn/qkv`,
     `norm`, `head`). `drop_rate` is timm's head dropout; `drop_path_rate` its linear schedule.
+    `attention_core` picks how attention writes QK^T and AV (`attention.CORE_CHOICES`).
     """
 
     img_size: int = 224
@@ -58,6 +61,7 @@ class ViT(nn.Module):
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    attention_core: str = "auto"
     scan_blocks: bool = False
     remat: bool = False
     dtype: Dtype = jnp.float32
@@ -77,7 +81,8 @@ class ViT(nn.Module):
         block_kwargs = dict(
             dim=self.embed_dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, deterministic=not train, dtype=self.dtype)
+            attn_drop=self.attn_drop_rate, attention_core=self.attention_core,
+            deterministic=not train, dtype=self.dtype)
         x = stack_blocks(ViTBlock, block_kwargs, x,
                          drop_path_rates(self.drop_path_rate, self.depth),
                          scan=self.scan_blocks, remat=self.remat)
