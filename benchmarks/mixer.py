@@ -5,9 +5,10 @@
 
 Each case is `name:heads:hidden:columns`, columns being batch x queries x keys of one layer's
 logits. The defaults are the inner and outer chains of the CPU CIFAR models at batch 64 and of
-Nested-TNT-S at 224 px, batch 8. Both variants are jitted in the same process, timed
-alternately (median of `--iters` calls, compilation excluded), and checked to agree; the
-blocked one uses the block width `LogitMixer` picks on CPU.
+Nested-TNT-S at 224 px, batch 8. Both variants are jitted in the same process with the
+trainer's XLA options (`nested_tnt_jax.xla_options`), timed alternately (median of `--iters`
+calls, compilation excluded), and checked to agree; the blocked one uses the block width
+`LogitMixer` picks on CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, mix_heads
 from throughput import median_ms
 
@@ -48,19 +50,19 @@ def run_case(case: str, iters: int, rounds: int) -> dict:
     block = CPU_BLOCK_ELEMENTS // hidden
 
     def forward_backward(block):
-        def fn(layers, z):
+        def fn(layers, z, cotangent):
             out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, block), layers, z)
             return out, vjp(cotangent)
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=xla_options.step_compiler_options())
 
     variants = {"unblocked": forward_backward(0), "blocked": forward_backward(block)}
-    outputs = {k: jax.block_until_ready(f(layers, z)) for k, f in variants.items()}
+    outputs = {k: jax.block_until_ready(f(layers, z, cotangent)) for k, f in variants.items()}
     for got, want in zip(jax.tree.leaves(outputs["blocked"]), jax.tree.leaves(outputs["unblocked"])):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(jnp.abs(want).max()))
     ms = {k: [] for k in variants}
     for _ in range(rounds):
         for k, f in variants.items():
-            ms[k].append(median_ms(f, (layers, z), iters))
+            ms[k].append(median_ms(f, (layers, z, cotangent), iters))
     ms = {k: statistics.median(v) for k, v in ms.items()}
     return dict(case=name, heads=heads, hidden=hidden, columns=columns,
                 blocked_path=columns >= 2 * block, **ms)
