@@ -18,8 +18,8 @@ from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
 
-__all__ = ["compiled_with", "create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
-           "TNT", "ViT"]
+__all__ = ["compiled_with", "create_model", "list_models", "model_config", "params_to_loop",
+           "params_to_scan", "TNT", "ViT"]
 
 _NESTED = dict(nest_inner=True, nest_outer=True)
 # The 32x32 variants share depth and widths across families so comparisons are fair. patch4
