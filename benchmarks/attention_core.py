@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from nested_tnt_jax import xla_options
-from nested_tnt_jax.models.attention import CORE_FORMS, attend, core_form, head_logits
+from nested_tnt_jax.models.attention import (
+    CORE_FORMS, attend, choice_for_options, core_form, head_logits)
 from throughput import median_ms
 
 
@@ -63,8 +64,7 @@ def run_case(case: str, dtype: str, iters: int) -> list[dict]:
     q, k, v, cotangent = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
     options = xla_options.step_compiler_options()
     reference = jax.jit(ours, compiler_options=options)(q, k, v).astype(jnp.float32)
-    # As `models.compiled_with` resolves a model's default "auto" for these options.
-    model_variant = f"ours {core_form('auto_xla_options' if options else 'auto', shape[-1])}"
+    model_variant = f"ours {core_form(choice_for_options('auto', options), shape[-1])}"
     rows = []
     for variant, core in VARIANTS.items():
         if variant.endswith("cudnn") and jax.default_backend() != "gpu":

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nested_tnt_jax.models.attention import CORE_CHOICES
+from nested_tnt_jax.models.attention import check_core_choice, choice_for_options
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
@@ -96,10 +96,7 @@ def create_model(
     if "dtype" in kwargs:
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     module = cls(**kwargs)
-    if module.attention_core not in CORE_CHOICES:
-        raise ValueError(
-            f"Unknown attention_core {module.attention_core!r} for model {name!r}; use one of "
-            f"{', '.join(CORE_CHOICES)} ('auto' picks per head width).")
+    check_core_choice(module.attention_core)
     if module.img_size % module.patch_size:
         raise ValueError(
             f"Image size {module.img_size} is not divisible by the patch size "
@@ -113,8 +110,8 @@ def compiled_with(module: nn.Module, compiler_options: dict[str, str]) -> nn.Mod
 
     The options are `xla_options.step_compiler_options()` or none; where they are set, an
     `attention_core="auto"` becomes `"auto_xla_options"`, whose CPU attention core relies on
-    them (`attention.core_form`). Any other choice, and the parameters, stay as they are.
+    them (`attention.choice_for_options`, `attention.core_form`). Any other choice, and the
+    parameters, stay as they are.
     """
-    if module.attention_core == "auto" and compiler_options:
-        return module.clone(attention_core="auto_xla_options")
-    return module
+    choice = choice_for_options(module.attention_core, compiler_options)
+    return module if choice == module.attention_core else module.clone(attention_core=choice)

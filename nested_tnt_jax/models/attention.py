@@ -185,8 +185,7 @@ def core_form(choice: str, head_dim: int) -> str:
     """
     if choice in CORE_FORMS:
         return choice
-    if choice not in CORE_CHOICES:
-        raise ValueError(f"Unknown attention_core {choice!r}; use one of {', '.join(CORE_CHOICES)}.")
+    check_core_choice(choice)
     if jax.default_backend() != "cpu":
         return "einsum"
     if head_dim >= CPU_HEADS_FIRST_MIN_DIM:
@@ -194,6 +193,19 @@ def core_form(choice: str, head_dim: int) -> str:
     if head_dim <= CPU_BROADCAST_MAX_DIM and choice == "auto_xla_options":
         return "broadcast"
     return "einsum"
+
+
+def check_core_choice(choice: str) -> None:
+    """Raises ValueError, listing `CORE_CHOICES`, for anything else."""
+    if choice not in CORE_CHOICES:
+        raise ValueError(f"Unknown attention_core {choice!r}; use one of {', '.join(CORE_CHOICES)} "
+                         "('auto' picks per head width).")
+
+
+def choice_for_options(choice: str, compiler_options: dict[str, str]) -> str:
+    """`choice` for a program compiled with `compiler_options` (`xla_options`' or none):
+    "auto" becomes "auto_xla_options" where they are set; any other choice stays."""
+    return "auto_xla_options" if choice == "auto" and compiler_options else choice
 
 
 class HeadDense(nn.Module):
