@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.attention import (
     CORE_FORMS, attend, choice_for_options, core_form, head_logits)
-from throughput import median_ms
+from throughput import host_description, host_line, median_ms
 
 
 def _softmax(logits: jax.Array, dtype) -> jax.Array:
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cases = args.case or [f"tnt_s_inner:{args.batch * 196}:16:4:6", f"tnt_s_outer:{args.batch}:197:6:64"]
     rows = [row for case in cases for row in run_case(case, args.dtype, args.iters)]
     print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, attention core only")
+    print(host_line(host_description()))
     print("| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms "
           "| max diff to ours einsum | the model's |")
     print("|---|---|---:|---:|---:|---|")

@@ -22,7 +22,7 @@ import numpy as np
 
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, mix_heads
-from throughput import median_ms
+from throughput import host_description, host_line, median_ms
 
 DEFAULT_CASES = (
     "cifar_patch8_inner:2:8:262144",       # 64 images x 16 sentences x 16 x 16 words
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     rows = [run_case(c, args.iters, args.rounds) for c in (args.case or DEFAULT_CASES)]
     print(f"device: {jax.devices()[0].device_kind}, float32, forward + backward of one mixer")
+    print(host_line(host_description()))
     print("| case | heads -> hidden | columns | unblocked ms | blocked ms | speed-up |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:

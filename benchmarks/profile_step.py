@@ -33,7 +33,7 @@ import time
 
 import jax
 
-from throughput import JaxBench, parse_override
+from throughput import JaxBench, host_description, host_line, parse_override
 
 # Sub-modules reported on their own row; the other ops of their parent (QK^T, softmax, AV,
 # GELU, reshapes) are reported under the parent's name alone.
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.model}, batch {args.batch}, {kind} step on {jax.devices()[0].device_kind}: "
           f"{wall_ms:.0f} ms wall per step (traced), {sum(totals.values()):.0f} ms op time "
           f"summed over threads")
+    print(host_line(host_description()))
     print("| module | forward ms | backward ms |")
     print("|---|---:|---:|")
     for row in rows[:args.top]:

@@ -36,6 +36,7 @@ import ast
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -68,6 +69,48 @@ def median_ms(fn: Callable, args: tuple, iters: int) -> float:
 def _median_img_per_sec(step: Callable[[], None], batch: int, iters: int) -> float:
     """Runs `step` `iters` times and returns batch / median seconds per call."""
     return batch / statistics.median(call_seconds(step, (), iters))
+
+
+CPUINFO = "/proc/cpuinfo"
+# CPU flags that set a core's matrix-product rate, widest first, as CPUINFO names them.
+_VECTOR_UNITS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def host_description(with_torch: bool = False) -> dict[str, object]:
+    """The machine and software a table was measured on.
+
+    This project's 2-core CPU VMs differ from session to session: one had AVX2 only and ~93
+    GFLOP/s per core, a later one AVX-512 and AMX and ~150, and our ratios against timm moved
+    with them (TNT-S training 0.82x, then 0.65x, same command). A table without the machine's
+    description cannot be compared with another.
+    """
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(CPUINFO) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux
+        pass
+    host = {"cpu": cpu, "cores": os.cpu_count(),
+            "vector_units": [name for flag, name in _VECTOR_UNITS if flag in flags],
+            "jax": jax.__version__}
+    if with_torch:
+        import timm
+        import torch
+        host.update(torch=torch.__version__, timm=timm.__version__)
+    return host
+
+
+def host_line(host: dict[str, object]) -> str:
+    """`host_description()` as the one line the benchmark scripts print under their tables."""
+    units = f" ({', '.join(host['vector_units'])})" if host["vector_units"] else ""
+    versions = ", ".join(f"{lib} {host[lib]}" for lib in ("jax", "torch", "timm") if lib in host)
+    return f"host: {host['cpu']}, {host['cores']} cores{units}; {versions}"
 
 
 def matmul_peak_flops(dtype: str) -> float:
@@ -341,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    "infer": infer[label] / infer[name]}
               for name in benches if name != label}
     report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+              "host": host_description(with_torch=args.vs_timm),
               "batch": args.batch, "dtype": args.dtype, "img_size": ours.model.img_size,
               "matmul_peak_tflops": peak / 1e12, "rows": rows, "ratios": ratios}
     if args.json:
@@ -359,6 +403,7 @@ def _print_table(report: dict) -> None:
     print(f"device: {report['device']} ({report['backend']}), batch {report['batch']}, "
           f"{report['img_size']} px, {report['dtype']}, matmul peak "
           f"{report['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s")
+    print(host_line(report["host"]))
     print("| model | impl | train img/s | infer img/s | params | GFLOPs/img | compile s (train) | peak MiB (train) | MFU (train) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["rows"]:

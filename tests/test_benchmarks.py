@@ -3,6 +3,7 @@
 import gzip
 import importlib.util
 import json
+import os
 import pathlib
 
 import jax
@@ -28,6 +29,22 @@ def test_mixer_benchmark_times_both_paths_and_says_which_one_blocks(monkeypatch,
     assert all(r["unblocked"] > 0 and r["blocked"] > 0 for r in rows)
     table = capsys.readouterr().out
     assert "| big | 2 -> 8 | 70,000 |" in table and "small (too small: runs unblocked)" in table
+    assert "cores" in table and f"jax {jax.__version__}" in table  # the host line
+
+
+def test_host_description_reads_the_cpu_model_and_its_vector_units(monkeypatch, tmp_path):
+    throughput = _load("throughput")
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f sse\n"
+                       "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu avx2 avx512f sse\n")
+    monkeypatch.setattr(throughput, "CPUINFO", str(cpuinfo))
+    host = throughput.host_description()
+    assert (host["cpu"], host["vector_units"]) == ("Some Xeon", ["AVX-512", "AVX2"])
+    assert "torch" not in host
+    assert throughput.host_line(host) == (
+        f"host: Some Xeon, {os.cpu_count()} cores (AVX-512, AVX2); jax {jax.__version__}")
+    monkeypatch.setattr(throughput, "CPUINFO", str(tmp_path / "missing"))  # not Linux
+    assert throughput.host_description()["vector_units"] == []
 
 
 def test_attention_core_variants_compute_our_attention(monkeypatch, capsys):
@@ -40,7 +57,8 @@ def test_attention_core_variants_compute_our_attention(monkeypatch, capsys):
     assert all(r["max_diff"] < 1e-5 and r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
                for r in rows)
     assert [r["variant"] for r in rows if r["in_model"]] == ["ours broadcast", "ours heads_first"]
-    assert "| tiny (6, 5, 2, 3) | ours broadcast | " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| tiny (6, 5, 2, 3) | ours broadcast | " in out and f"jax {jax.__version__}" in out
 
 
 @pytest.fixture
@@ -109,7 +127,8 @@ def test_profile_splits_a_training_step_by_module(profile, capsys):
     by_module = {row["module"]: row for row in rows}
     for module in ("attn_in", "attn_in/mixer", "attn_out/qk", "mlp_in/fc1", "mlp/fc2", "norm_in"):
         assert by_module[module]["forward_ms"] > 0 and by_module[module]["backward_ms"] > 0, module
-    assert "| attn_in/mixer |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| attn_in/mixer |" in out and f"jax {jax.__version__}" in out  # and the host line
 
 
 def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
@@ -128,7 +147,14 @@ def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
     assert set(report["ratios"]) == {f"{ablated}/{baseline}", f"{ablated}/timm"}
     assert all(r["train"] > 0 and r["infer"] > 0 for r in report["ratios"].values())
     assert all(0 < row["train_mfu"] < 1 for row in report["rows"] if row["impl"] == "jax")
-    assert f"ratio {ablated}/timm: train" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"ratio {ablated}/timm: train" in out
+    # The table names the machine and the versions of both libraries it timed.
+    import torch
+    host = report["host"]
+    assert host["cores"] == os.cpu_count() and host["cpu"]
+    assert (host["jax"], host["torch"]) == (jax.__version__, torch.__version__)
+    assert f"host: {host['cpu']}, {host['cores']} cores" in out and f"torch {torch.__version__}" in out
 
 
 def test_throughput_vs_xla_defaults_compiles_the_model_without_the_trainers_options():
@@ -139,6 +165,7 @@ def test_throughput_vs_xla_defaults_compiles_the_model_without_the_trainers_opti
     ours, defaults = (row["model"] for row in report["rows"])
     assert defaults == f"{ours} (XLA defaults)"
     assert set(report["ratios"]) == {f"{ours}/{defaults}"}
+    assert "torch" not in report["host"]  # timm did not run, so PyTorch's version is not claimed
     benches = [throughput.JaxBench("tnt_cifar_patch8_word4_32", None, 4, "float32", 10, depth=1,
                                    xla_defaults=flag) for flag in (False, True)]
     ynn_fusions = [b.compiled_train.as_text().count("__ynn_fusion") for b in benches]
