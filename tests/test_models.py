@@ -1,5 +1,7 @@
 """Registry, shapes, Nested-TNT switches, stacking layouts, dtype and stochastic depth."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -171,8 +173,14 @@ def test_drop_path_schedule_and_effect():
 def test_gelu_is_torchs_exact_gelu_with_jaxs_gradient():
     import torch  # a test dependency (timm parity); imported here to keep this module light
     x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
-    ref = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x))).numpy()
-    np.testing.assert_allclose(gelu(x), ref, rtol=0, atol=1e-6)
+    x64 = np.asarray(x, np.float64)
+    exact = 0.5 * x64 * (1.0 + np.vectorize(math.erf)(x64 / math.sqrt(2.0)))
+    ref = torch.nn.functional.gelu(torch.from_numpy(np.array(x))).numpy()
+    # PyTorch's erf kernel depends on the CPU it runs on: on an AVX-512 VM it and ours were
+    # 1.2e-6 apart, each within 1.1e-6 of the exact function. So ours is held to float32
+    # accuracy against the exact GELU, and to twice that against PyTorch's.
+    np.testing.assert_allclose(gelu(x), exact, rtol=0, atol=1.5e-6)
+    np.testing.assert_allclose(gelu(x), ref, rtol=0, atol=3e-6)
     np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=0, atol=1e-6)
     exact_grad = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
     np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), exact_grad, rtol=0, atol=2e-6)
