@@ -8,7 +8,9 @@ trace back to the module that emitted it (the `op_name` metadata of the compiled
 `transpose(jvp(TNT))/blocks_5/mlp/fc1/dot_general` is the backward of block 5's `mlp/fc1`) and
 prints op time per step summed over XLA's threads, per module with the block index dropped,
 forward and backward apart, next to the wall time per step. Op time above wall time means the
-threads overlapped; the split says which modules to make cheaper. On a GPU it counts the
+threads overlapped; the split says which modules to make cheaper. A line gives how long 0, 1,
+2, ... threads ran ops per step: time with a core idle is time that less work elsewhere
+cannot save. On a GPU it counts the
 device's own events, so op time is GPU time. `--top-ops N` adds the N costliest single ops,
 `--override` profiles an ablation, `--xla-defaults` the step compiled without the trainer's XLA
 options, `--trace-dir` keeps the trace for TensorBoard or Perfetto.
@@ -30,6 +32,7 @@ import re
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import jax
 
@@ -65,8 +68,17 @@ def op_modules(hlo_text: str) -> dict[str, tuple[str, str]]:
     return {name: op_module(op_name) for name, op_name in pattern.findall(hlo_text)}
 
 
-def op_times(trace_dir: str) -> list[tuple[str, float]]:
-    """(op name, microseconds) of every complete event in the newest trace under `trace_dir`.
+class OpEvent(NamedTuple):
+    """One op's run in a trace: its HLO name, the (pid, tid) it ran on, start and length in us."""
+
+    name: str
+    thread: tuple[int, int]
+    start: float
+    micros: float
+
+
+def op_times(trace_dir: str) -> list[OpEvent]:
+    """Every complete event in the newest trace under `trace_dir`.
 
     On a GPU the host threads also record the launches of each op, so only the GPU's own
     events count there, named by the HLO op they ran (`hlo_op`) rather than by their kernel.
@@ -77,8 +89,39 @@ def op_times(trace_dir: str) -> list[tuple[str, float]]:
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
                 and "GPU" in e.get("args", {}).get("name", "")}
-    return [(e.get("args", {}).get("hlo_op", e["name"]), e["dur"]) for e in events
+    return [OpEvent(e.get("args", {}).get("hlo_op", e["name"]), (e["pid"], e["tid"]), e["ts"], e["dur"])
+            for e in events
             if e.get("ph") == "X" and "dur" in e and (not gpu_pids or e["pid"] in gpu_pids)]
+
+
+def threads_busy_ms(events: list[OpEvent], steps: int) -> dict[int, float]:
+    """Milliseconds per step during which 0, 1, 2, ... threads ran `events`' ops.
+
+    Counted from the first op's start to the last one's end, after merging each thread's own
+    spans, so an op nested in another (a while loop and its body) counts once. On a 2-core CPU
+    this says how much of a step leaves a core idle, where doing less work on the busy core is
+    all that can help. A library call that fans out over both threads (a large YNNPACK dot) is
+    recorded on its calling thread only, so one thread busy can mean two cores at work there.
+    """
+    per_thread = collections.defaultdict(list)
+    for event in events:
+        per_thread[event.thread].append((event.start, event.start + event.micros))
+    edges = []
+    for spans in per_thread.values():
+        spans.sort()
+        merged = [list(spans[0])]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        edges += [(start, 1) for start, _ in merged] + [(end, -1) for _, end in merged]
+    edges.sort()  # at equal times, an end (-1) before a start
+    busy, running, last = collections.Counter(), 0, edges[0][0]
+    for time_us, change in edges:
+        busy[running] += (time_us - last) / steps / 1e3
+        running, last = running + change, time_us
+    return dict(sorted(busy.items()))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -107,7 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      xla_defaults=args.xla_defaults, **dict(args.override))
     compiled, step = ((bench.compiled_infer, bench.infer_step) if args.inference
                       else (bench.compiled_train, bench.train_step))
-    modules = op_modules(compiled.as_text())  # JaxBench ran one warm-up step of each already
+    hlo_text = compiled.as_text()  # JaxBench ran one warm-up step of each already
+    modules = op_modules(hlo_text)
     with tempfile.TemporaryDirectory() as temporary_dir:
         trace_dir = args.trace_dir or temporary_dir
         start = time.perf_counter()
@@ -117,12 +161,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         wall_ms = (time.perf_counter() - start) / args.steps * 1e3
         events = op_times(trace_dir)
 
+    # The step's own ops, those XLA added without an op_name (copies, ...) included.
+    instructions = set(re.findall(r"^\s*(?:ROOT )?%(\S+) = ", hlo_text, re.M))
+    events = [event for event in events if event.name in instructions]
     totals = collections.Counter()
     per_op = collections.Counter()
-    for name, micros in events:
-        if name in modules:
-            totals[modules[name]] += micros / args.steps / 1e3
-            per_op[name] += micros / args.steps / 1e3
+    for event in events:
+        if event.name in modules:
+            totals[modules[event.name]] += event.micros / args.steps / 1e3
+            per_op[event.name] += event.micros / args.steps / 1e3
     names = sorted({m for m, _ in totals}, key=lambda m: -totals[(m, "forward")] - totals[(m, "backward")])
     rows = [{"module": m, "forward_ms": totals[(m, "forward")], "backward_ms": totals[(m, "backward")]}
             for m in names]
@@ -131,6 +178,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{wall_ms:.0f} ms wall per step (traced), {sum(totals.values()):.0f} ms op time "
           f"summed over threads")
     print(host_line(host_description()))
+    busy = threads_busy_ms(events, args.steps)
+    print("threads running ops, ms per step: "
+          + ", ".join(f"{threads}: {ms:.1f}" for threads, ms in busy.items()))
     print("| module | forward ms | backward ms |")
     print("|---|---:|---:|")
     for row in rows[:args.top]:

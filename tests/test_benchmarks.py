@@ -89,20 +89,29 @@ def test_op_times_on_gpu_counts_the_devices_own_events_by_hlo_op(profile, tmp_pa
     _write_trace(tmp_path, [
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
         {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
-        {"ph": "X", "pid": 1, "tid": 1, "name": "fusion.1", "dur": 5},  # the host's launch
-        {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_xmma_gemm", "dur": 7,
+        {"ph": "X", "pid": 1, "tid": 1, "name": "fusion.1", "ts": 0, "dur": 5},  # the host's launch
+        {"ph": "X", "pid": 2, "tid": 7, "name": "sm90_xmma_gemm", "ts": 3, "dur": 7,
          "args": {"hlo_op": "fusion.1"}},
     ])
-    assert profile.op_times(str(tmp_path)) == [("fusion.1", 7)]
+    assert profile.op_times(str(tmp_path)) == [("fusion.1", (2, 7), 3, 7)]
 
 
 def test_op_times_on_cpu_counts_every_thread(profile, tmp_path):
     _write_trace(tmp_path, [
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
-        {"ph": "X", "pid": 1, "tid": 1, "name": "dot.3", "dur": 5},
-        {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.2", "dur": 2},
+        {"ph": "X", "pid": 1, "tid": 1, "name": "dot.3", "ts": 10, "dur": 5},
+        {"ph": "X", "pid": 1, "tid": 2, "name": "fusion.2", "ts": 11, "dur": 2},
     ])
-    assert profile.op_times(str(tmp_path)) == [("dot.3", 5), ("fusion.2", 2)]
+    assert profile.op_times(str(tmp_path)) == [("dot.3", (1, 1), 10, 5), ("fusion.2", (1, 2), 11, 2)]
+
+
+def test_threads_busy_counts_overlap_across_threads_and_nesting_once(profile):
+    op = profile.OpEvent
+    events = [op("while.1", (1, 1), 0, 6000), op("dot.2", (1, 1), 1000, 2000),  # dot.2 runs in while.1
+              op("fusion.3", (1, 2), 4000, 4000),  # overlaps while.1's last 2 ms
+              op("copy.4", (1, 1), 10000, 2000)]  # after 2 ms with no op running
+    # Over two steps: 4 + 2 + 2 ms on one thread, 2 on two, 2 on none; halved per step.
+    assert profile.threads_busy_ms(events, steps=2) == {0: 1.0, 1: 4.0, 2: 1.0}
 
 
 def test_matmul_flops_counts_products_convolutions_and_scan_iterations():
@@ -129,6 +138,7 @@ def test_profile_splits_a_training_step_by_module(profile, capsys):
         assert by_module[module]["forward_ms"] > 0 and by_module[module]["backward_ms"] > 0, module
     out = capsys.readouterr().out
     assert "| attn_in/mixer |" in out and f"jax {jax.__version__}" in out  # and the host line
+    assert "threads running ops, ms per step: " in out
 
 
 def test_throughput_prices_an_override_against_a_baseline_and_timm(capsys):
