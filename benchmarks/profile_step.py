@@ -10,10 +10,10 @@ prints op time per step summed over XLA's threads, per module with the block ind
 forward and backward apart, next to the wall time per step. Op time above wall time means the
 threads overlapped; the split says which modules to make cheaper. A line gives how long 0, 1,
 2, ... threads ran ops per step: time with a core idle is time that less work elsewhere
-cannot save. On a GPU it counts the
-device's own events, so op time is GPU time. `--top-ops N` adds the N costliest single ops,
-`--override` profiles an ablation, `--xla-defaults` the step compiled without the trainer's XLA
-options, `--trace-dir` keeps the trace for TensorBoard or Perfetto.
+cannot save. On a GPU it counts the device's own events, so op time is GPU time. `--top-ops N`
+adds the N costliest single ops, `--override` profiles an ablation, `--xla-defaults` the step
+compiled without the trainer's XLA options, `--trace-dir` keeps the trace for TensorBoard or
+Perfetto.
 The README's breakdown of TNT-S's CPU training step was made this way, and so was the finding
 that the word embedding's conv backward took 32 of 179 ms of a bf16 TNT-S step on an H100:
 
@@ -103,6 +103,8 @@ def threads_busy_ms(events: list[OpEvent], steps: int) -> dict[int, float]:
     all that can help. A library call that fans out over both threads (a large YNNPACK dot) is
     recorded on its calling thread only, so one thread busy can mean two cores at work there.
     """
+    if not events:
+        return {}
     per_thread = collections.defaultdict(list)
     for event in events:
         per_thread[event.thread].append((event.start, event.start + event.micros))

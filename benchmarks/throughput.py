@@ -81,8 +81,8 @@ def host_description(with_torch: bool = False) -> dict[str, object]:
 
     This project's 2-core CPU VMs differ from session to session: one had AVX2 only and ~93
     GFLOP/s per core, a later one AVX-512 and AMX and ~150, and our ratios against timm moved
-    with them (TNT-S training 0.82x, then 0.65x, same command). A table without the machine's
-    description cannot be compared with another.
+    with them (TNT-S training 0.82x timm on the first, 0.65-0.70x on the second, same
+    command). A table without the machine's description cannot be compared with another.
     """
     cpu, flags = platform.processor() or platform.machine(), set()
     try:

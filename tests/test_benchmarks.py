@@ -112,6 +112,7 @@ def test_threads_busy_counts_overlap_across_threads_and_nesting_once(profile):
               op("copy.4", (1, 1), 10000, 2000)]  # after 2 ms with no op running
     # Over two steps: 4 + 2 + 2 ms on one thread, 2 on two, 2 on none; halved per step.
     assert profile.threads_busy_ms(events, steps=2) == {0: 1.0, 1: 4.0, 2: 1.0}
+    assert profile.threads_busy_ms([], steps=1) == {}
 
 
 def test_matmul_flops_counts_products_convolutions_and_scan_iterations():
