@@ -48,6 +48,8 @@ _LEAVES = ("qk", "qkv", "v", "proj", "fc1", "fc2", "mixer")
 _MODEL_SCOPE = re.compile(r"(transpose\()?(jvp\()?[A-Z]\w*\)*")
 _BLOCK = re.compile(r"blocks(_\d+)?")
 OUTSIDE = "(outside the model: loss, optimizer)"
+# The start of an HLO instruction's line in compiled HLO text; group 1 is its name.
+_INSTRUCTION = r"^\s*(?:ROOT )?%(\S+) = "
 
 
 def op_module(op_name: str) -> tuple[str, str]:
@@ -64,7 +66,7 @@ def op_module(op_name: str) -> tuple[str, str]:
 
 def op_modules(hlo_text: str) -> dict[str, tuple[str, str]]:
     """HLO instruction name -> `op_module` of its op_name, for every instruction that has one."""
-    pattern = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*?op_name=\"([^\"]+)\"", re.M)
+    pattern = re.compile(_INSTRUCTION + r".*?op_name=\"([^\"]+)\"", re.M)
     return {name: op_module(op_name) for name, op_name in pattern.findall(hlo_text)}
 
 
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         events = op_times(trace_dir)
 
     # The step's own ops, those XLA added without an op_name (copies, ...) included.
-    instructions = set(re.findall(r"^\s*(?:ROOT )?%(\S+) = ", hlo_text, re.M))
+    instructions = set(re.findall(_INSTRUCTION, hlo_text, re.M))
     events = [event for event in events if event.name in instructions]
     totals = collections.Counter()
     per_op = collections.Counter()
