@@ -201,16 +201,15 @@ def matmul_flops(fn: Callable, *args) -> float:
 
 def _jaxpr_flops(jaxpr) -> float:
     total = 0.0
-    for eqn in jaxpr.eqns:
-        out = eqn.outvars[0].aval
+    for eqn in jaxpr.eqns:  # some have no outputs (flax's scan leaves output-less calls)
         if eqn.primitive.name == "dot_general":
             (lhs_contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
-            total += 2.0 * out.size * math.prod(lhs[i] for i in lhs_contract)
+            total += 2.0 * eqn.outvars[0].aval.size * math.prod(lhs[i] for i in lhs_contract)
         elif eqn.primitive.name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape
             rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
-            total += 2.0 * out.size * math.prod(rhs[i] for i in rhs_spec[1:])
+            total += 2.0 * eqn.outvars[0].aval.size * math.prod(rhs[i] for i in rhs_spec[1:])
         repeats = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):

@@ -131,6 +131,22 @@ def test_matmul_flops_counts_products_convolutions_and_scan_iterations():
     assert throughput.matmul_flops(grad, x, w) == 3 * 2 * 8 * 16 * 32
 
 
+def test_matmul_flops_of_a_scanned_model_equals_its_unrolled_twin():
+    throughput = _load("throughput")
+    from nested_tnt_jax import models
+
+    images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    flops = {}
+    for scan in (False, True):
+        model = models.create_model("nested_tnt_cifar_patch8_word4_32", num_classes=10, depth=3,
+                                    scan_blocks=scan)
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                   train=False))
+        flops[scan] = throughput.matmul_flops(
+            lambda p, x: model.apply(p, x, train=False), params, images)  # noqa: B023
+    assert flops[True] == flops[False] > 0
+
+
 def test_profile_splits_a_training_step_by_module(profile, capsys):
     rows = profile.main(["--model", "nested_tnt_cifar_patch8_word4_32", "--batch", "8",
                          "--num-classes", "10", "--steps", "1", "--top", "100"])
