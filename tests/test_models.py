@@ -11,6 +11,7 @@ import pytest
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models import (
     compiled_with, create_model, list_models, model_config, params_to_loop, params_to_scan)
+from nested_tnt_jax.models import layers
 from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
 
 SMALL = "nested_tnt_cifar_patch8_32"
@@ -143,6 +144,32 @@ def test_scan_and_remat_match_the_loop(name):
     np.testing.assert_allclose(scan.apply({"params": scanned}, x), ref, atol=1e-5)
     train = jax.eval_shape(lambda p: scan.apply({"params": p}, x, train=True, rngs=RNGS), scanned)
     assert train.shape == ref.shape
+
+
+def _scan_output_bytes(fn, *args) -> int:
+    """Bytes that the scans in `fn`'s jaxpr write out: for a gradient, mostly the residuals
+    that the forward loop stacks for the backward loop."""
+    total = 0
+    for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            total += sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars)
+    return total
+
+
+def test_scanned_blocks_give_the_loops_gradients_from_fewer_saved_values(monkeypatch):
+    # Batch 20 makes the inner logits large enough for the CPU mixer's blocked custom_vjp.
+    x = _images(batch=20)
+    loop = create_model(SMALL, num_classes=10, depth=3)
+    scan = create_model(SMALL, num_classes=10, depth=3, scan_blocks=True)
+    params = _init(loop)["params"]
+    grad = lambda model: jax.grad(  # noqa: E731
+        lambda p: model.apply({"params": p}, x).sum())
+    got = jax.jit(grad(scan))(params_to_scan(params))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params_to_loop(got), jax.jit(grad(loop))(params))
+    saved = _scan_output_bytes(grad(scan), params_to_scan(params))
+    monkeypatch.setattr(layers, "scan_residual_policy", jax.checkpoint_policies.everything_saveable)
+    assert saved < 0.8 * _scan_output_bytes(grad(scan), params_to_scan(params))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
