@@ -110,15 +110,16 @@ def conv_windows(x: jax.Array, kernel: int, stride: int, pad: int) -> jax.Array:
 
 
 class WindowConv(nn.Module):
-    """A square conv with `nn.Conv`'s parameters and init; off CPU, windows x matrix.
+    """A square conv with `nn.Conv`'s parameters and init, computed as windows x matrix.
 
-    TNT's word embedding sees raw images, which need no gradient, so its backward is only the
-    kernel gradient. On an H100 that gradient as a cuDNN conv (3 input channels, 7x7, stride 4)
-    took 32 ms of the 179 ms bf16 TNT-S training step at batch 256 (benchmarks/profile_step.py);
-    as `conv_windows` times the kernel matrix it is an ordinary GEMM, and the step ran ~1.3x
-    faster (1,434-1,448 -> 1,903-1,916 img/s). On CPU the matrix form made the CIFAR model's
-    training step ~2% slower, so there (`as_matmul=None` picks by backend) it stays XLA's conv,
-    bit for bit the former `nn.Conv`.
+    TNT's word embedding is a small-channel conv (3 -> 24, 7x7, stride 4 for TNT-S) that the
+    libraries run badly in both directions. Its images need no gradient, so its backward is
+    only the kernel gradient: on an H100 that gradient as a cuDNN conv took 32 ms of the 179 ms
+    bf16 TNT-S training step at batch 256 (benchmarks/profile_step.py), and as `conv_windows`
+    times the kernel matrix, an ordinary GEMM, the step ran ~1.3x faster (1,434-1,448 ->
+    1,903-1,916 img/s). On a 2-core CPU, XLA's conv ran TNT-S's word embedding at ~7 GFLOP/s,
+    24.7 ms forward at batch 8 against 4.2 ms as the matrix form, and TNT-S inference was 6%
+    faster this way (README, "Where the CPU training step still loses to timm").
     """
 
     features: int
@@ -126,22 +127,14 @@ class WindowConv(nn.Module):
     stride: int
     pad: int
     dtype: Dtype = jnp.float32
-    as_matmul: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = (self.kernel, self.kernel, x.shape[-1], self.features)
         kernel = self.param("kernel", conv_init, shape, jnp.float32).astype(self.dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x = x.astype(self.dtype)
-        as_matmul = jax.default_backend() != "cpu" if self.as_matmul is None else self.as_matmul
-        if as_matmul:
-            y = conv_windows(x, self.kernel, self.stride, self.pad) @ kernel.reshape(-1, self.features)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), [(self.pad, self.pad)] * 2,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias.astype(self.dtype)
+        windows = conv_windows(x.astype(self.dtype), self.kernel, self.stride, self.pad)
+        return windows @ kernel.reshape(-1, self.features) + bias.astype(self.dtype)
 
 
 class PatchEmbed(nn.Module):
