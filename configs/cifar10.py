@@ -10,7 +10,7 @@ CIFAR-100 run (`--config.init_from=runs/c100_nested_tnt`), see experiments/paper
   Nested-TNT above ViT by 2.25 and above TNT by 1.1 points top-1 on CIFAR-10 (its abstract).
 
 CPU variant (`configs/cifar10.py:model=nested_tnt,cpu`): 32 px, trained from scratch, sized
-for a 2-core CPU. Deviations from the paper setup, all for a 20-minute CPU run:
+for a 2-core CPU. Deviations from the paper setup, all for a CPU run of 12-21 minutes:
   - the `*_cifar_patch8_word4_32` models: 8x8 patches (16 sentences) of 2x2 words of 4x4
     pixels (word conv kernel 5, stride 4; TNT-S's word size), embed 128, inner 16, 4 blocks.
     Per 20 minutes they beat the `*_cifar_patch8_32` models (4x4 words of 2x2 pixels, ~2x
@@ -24,9 +24,10 @@ for a 2-core CPU. Deviations from the paper setup, all for a 20-minute CPU run:
   Command: python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=../shared/tfds --workdir=runs/c10_cpu
   Hardware / time / accuracy (measured on the project's 2-core CPU, idle): 8,000 steps (10.5
-  epochs) in 16-21 min wall (961 s at 568 img/s, and 1,230 s at 445 img/s on a slower hour of
-  the same VM; reading the data into memory, compilation and evaluations included), test
-  top-1 58.3-58.6%, top-5 95.3-95.4% on the 10k test set, validation 61.3-61.7% at step 7,500
+  epochs) in 12-21 min wall, by VM (729 s at 748 img/s on an AVX-512 VM in session 11, 961 s
+  at 568 img/s and 1,230 s at 445 img/s on slower ones; reading the data into memory,
+  compilation and evaluations included), test top-1 58.0-58.6%, top-5 95.3-95.4% on the 10k
+  test set, validation 61.3-61.7% at step 7,500
   (README "Training"; docs/cifar10_cpu_curve.png; `pytest -m slow
   tests/test_cifar10_cpu_run.py` re-checks the 55% bar). ViT/TNT are compared in
   experiments/cpu_sweep/.
