@@ -119,7 +119,7 @@ class WindowConv(nn.Module):
     times the kernel matrix, an ordinary GEMM, the step ran ~1.3x faster (1,434-1,448 ->
     1,903-1,916 img/s). On a 2-core CPU, XLA's conv ran TNT-S's word embedding at ~7 GFLOP/s,
     24.7 ms forward at batch 8 against 4.2 ms as the matrix form, and TNT-S inference was 6%
-    faster this way (README, "Where the CPU training step still loses to timm").
+    faster this way (README, "This project's 2-core CPU, float32").
     """
 
     features: int
