@@ -1,8 +1,8 @@
-"""The README's CPU run, whole: `configs/cifar10.py:model=nested_tnt,cpu` on the real CIFAR-10.
+"""The README's quick start, whole: `configs/cifar10.py:model=nested_tnt,cpu` on the real CIFAR-10.
 
-Marked slow (12-21 minutes on the project's idle 2-core CPU, by VM; `pytest -m slow`). It checks the
-accuracy claim of issue 4 (at least 55% test top-1 on all 10,000 test images) through the real
-command line; the time it took is printed, not asserted (speed is measured by benchmarks).
+Marked slow (12-21 minutes on an idle 2-core CPU; `pytest -m slow`). It checks README's accuracy
+claim (at least 55% test top-1 on all 10,000 test images) through the real command line; the
+time it took is printed, not asserted (speed is measured by benchmarks/).
 """
 
 import json

@@ -37,10 +37,9 @@ def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU in PyTorch's form, x / 2 * (1 + erf(x / sqrt(2))).
 
     `jax.nn.gelu(approximate=False)` computes the same function through erfc, which XLA expands
-    into an exp and several selects; erf is one rational polynomial. On a 2-core CPU this form is
-    2-4x faster forward and about 2x forward+backward, the TNT-S training step 5% faster
-    (benchmarks/throughput.py), and it is the formula `torch.nn.GELU` evaluates (the two forms
-    differ by at most 1e-6).
+    into an exp and several selects; erf is one rational polynomial, faster on CPU
+    (docs/performance.md), and it is the formula `torch.nn.GELU` evaluates (the two forms differ
+    by at most 1e-6).
     """
     return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(np.sqrt(0.5), x.dtype)))
 
@@ -114,12 +113,10 @@ class WindowConv(nn.Module):
 
     TNT's word embedding is a small-channel conv (3 -> 24, 7x7, stride 4 for TNT-S) that the
     libraries run badly in both directions. Its images need no gradient, so its backward is
-    only the kernel gradient: on an H100 that gradient as a cuDNN conv took 32 ms of the 179 ms
-    bf16 TNT-S training step at batch 256 (benchmarks/profile_step.py), and as `conv_windows`
-    times the kernel matrix, an ordinary GEMM, the step ran ~1.3x faster (1,434-1,448 ->
-    1,903-1,916 img/s). On a 2-core CPU, XLA's conv ran TNT-S's word embedding at ~7 GFLOP/s,
-    24.7 ms forward at batch 8 against 4.2 ms as the matrix form, and TNT-S inference was 6%
-    faster this way (README, "This project's 2-core CPU, float32").
+    only the kernel gradient; as a cuDNN conv that gradient was the largest op of the GPU
+    training step, and XLA:CPU runs the forward conv far below its matrix-product rate. As
+    `conv_windows` times the kernel matrix both directions are ordinary GEMMs, faster on GPU
+    and CPU alike (docs/performance.md, "Word embedding as windows x matrix").
     """
 
     features: int
@@ -192,9 +189,8 @@ class WordEmbed(nn.Module):
 # recomputed inside the backward loop. Without a policy, scan's backward reads every
 # intermediate the linearised block uses as a stacked residual written by the forward loop,
 # (x - mean), the normalised words, the GELU's input..., which unrolled blocks never write out
-# because XLA fuses them into their consumers. On a 2-core CPU this took scanned training from
-# 0.72-0.86x to 0.83-0.97x of the unrolled step's speed and cut its memory by a quarter to a
-# third (README, "Scanned blocks").
+# because XLA fuses them into their consumers. Saving only these makes the scanned step faster
+# and smaller than saving everything (docs/performance.md, "Scanned blocks").
 SCAN_SAVED_PRIMITIVES = frozenset(
     {"dot_general", "conv_general_dilated", "exp", "erf", "custom_vjp_call"})
 
@@ -215,9 +211,10 @@ def stack_blocks(
 ) -> PyTree:
     """Apply `len(rates)` blocks to `carry` (each `block(carry, rate) -> (carry, None)`).
 
-    Block 0 always runs on its own as `blocks_0`: in Nested-TNT it starts the logit chains (its
-    carried logits come in as None) and has no mixer, so it differs structurally from the rest. The rest run either as a Python
-    loop (`blocks_1`, `blocks_2`, ... like timm's `blocks.1`, ...) or, with `scan`, as one
+    Block 0 always runs on its own as `blocks_0`: in a nested model it starts the logit chains
+    (its carried logits come in as None) and has no mixer, so it differs structurally from the
+    rest. The rest run either as a Python loop (`blocks_1`, `blocks_2`, ... like timm's
+    `blocks.1`, ...) or, with `scan`, as one
     `nn.scan` named `blocks` whose params are stacked over a leading depth axis (faster to
     compile for deep models), each block under `scan_residual_policy` unless `remat` saves
     nothing. `params_to_scan` / `params_to_loop` convert between the two.
