@@ -64,10 +64,11 @@ CPU = {
 }
 
 # The nested-attention logit noise (N(0, 1) by default) scaled down for the short CPU run.
-CPU_BY_FAMILY = {"nested_tnt": {"model.overrides.logit_noise": 0.1}}
+CPU_BY_FAMILY = {family: {"model.overrides.logit_noise": 0.1}
+                 for family in ("nested_tnt", "nested_vit")}
 
 
 def get_config(arg: str | None = None):
-    """`arg`: `model=vit|tnt|nested_tnt`, `cpu`, `steps=N`, `batch=N` (comma separated)."""
+    """`arg`: `model=vit|tnt|nested_tnt|nested_vit`, `cpu`, `steps=N`, `batch=N` (comma separated)."""
     return common["dataset_config"]("cifar10", arg, paper=PAPER, cpu=CPU,
                                   cpu_by_family=CPU_BY_FAMILY)

@@ -14,19 +14,21 @@ import ml_collections
 from nested_tnt_jax import models
 from nested_tnt_jax.data import dataset_info
 
-MODELS = ("vit", "tnt", "nested_tnt")
+MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
 # Registry names per family: the paper's 224 px "small" models, and the CPU-sized CIFAR ones
 # (patch 8: the patch-4 variants are too slow for a 2-core CPU, see configs/cifar10.py).
 PAPER_MODEL = {
     "vit": "vit_small_patch16_224", "tnt": "tnt_s_patch16_224",
-    "nested_tnt": "nested_tnt_s_patch16_224",
+    "nested_tnt": "nested_tnt_s_patch16_224", "nested_vit": "nested_vit_small_patch16_224",
 }
 CPU_MODEL = {"vit": "vit_cifar_patch8_32", "tnt": "tnt_cifar_patch8_word4_32",
-             "nested_tnt": "nested_tnt_cifar_patch8_word4_32"}
-# TNT-family switches always present in `model.overrides`: command-line flags can only set
-# existing fields, so this is what makes `--config.model.overrides.nest_inner=False` (and each
-# other ablation) a command-line change.
-NESTING_FIELDS = ("nest_inner", "nest_outer", "mixer", "mixer_ratio", "logit_noise")
+             "nested_tnt": "nested_tnt_cifar_patch8_word4_32",
+             "nested_vit": "nested_vit_cifar_patch8_32"}
+# Nesting switches always present in `model.overrides` (those the family's model has: TNT's
+# two chains, ViT's one): command-line flags can only set existing fields, so this is what
+# makes `--config.model.overrides.nest_inner=False` (and each other ablation) a command-line
+# change.
+NESTING_FIELDS = ("nest_inner", "nest_outer", "nested", "mixer", "mixer_ratio", "logit_noise")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -138,8 +140,8 @@ def dataset_config(
     `paper` / `cpu` are flat `{"dotted.field": value}` dicts applied over `base_config()`;
     `cpu_by_family[model]` adds settings only one family accepts (e.g. nested-attention
     overrides that ViT does not have).
-    Arguments: `model=vit|tnt|nested_tnt`, `cpu` (only where the dataset has a CPU setup),
-    `steps=N` (sets num_train_steps), `batch=N` (sets batch_size).
+    Arguments: `model=vit|tnt|nested_tnt|nested_vit`, `cpu` (only where the dataset has a CPU
+    setup), `steps=N` (sets num_train_steps), `batch=N` (sets batch_size).
     """
     args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
     if args.model not in MODELS:
@@ -172,7 +174,8 @@ def dataset_config(
     if args.model != "vit":
         model = models.create_model(c.model.name, **c.model.overrides.to_dict())
         for field in NESTING_FIELDS:
-            c.model.overrides[field] = getattr(model, field)
+            if hasattr(model, field):
+                c.model.overrides[field] = getattr(model, field)
     if args.steps:
         c.num_train_steps = args.steps
     if args.batch:

@@ -1,11 +1,12 @@
-r"""Seed sweep: ViT, TNT, Nested-TNT (and Nested-TNT ablations) over datasets, with statistics.
+r"""Seed sweep: ViT, TNT, Nested-TNT, Nested-ViT (and Nested-TNT ablations) over datasets.
 
 Every run is a subprocess of the real trainer CLI (`python -m nested_tnt_jax.main`) in its own
 workdir `SWEEP_DIR/<dataset>/<model>/seed<k>`, so a sweep trains exactly what a user would by
 hand. The report compares models over the same seeds: per (dataset, model) mean ± std of test
 top-1 (percent), the 95% Student-t interval and n, and paired t-tests (mean difference with its
-95% interval, t, p) of Nested-TNT against TNT and ViT, and of each ablation against Nested-TNT
-and TNT. Outputs in SWEEP_DIR: table.md, table.csv, runs.csv (one line per run), plot.png.
+95% interval, t, p) of Nested-TNT against TNT and ViT, Nested-ViT against ViT, and of each
+ablation against Nested-TNT and TNT. `experiments/nesting_study.py` runs the fixed CIFAR-10
+study on top of this machinery, with a committed record. Outputs in SWEEP_DIR: table.md, table.csv, runs.csv (one line per run), plot.png.
 
   # 3 seeds, CPU-sized models, a short schedule:
   python -m experiments.sweep --sweep-dir=runs/sweep_c10 --datasets cifar10 --num-seeds 3 \
@@ -61,15 +62,18 @@ VARIANTS = {v.name: v for v in (
     Variant("vit", "vit"),
     Variant("tnt", "tnt"),
     Variant("nested_tnt", "nested_tnt"),
+    Variant("nested_vit", "nested_vit"),
     Variant("nested_tnt-no_inner", "nested_tnt", (("nest_inner", "False"),)),
     Variant("nested_tnt-no_outer", "nested_tnt", (("nest_outer", "False"),)),
     Variant("nested_tnt-no_mixer", "nested_tnt", (("mixer", "False"),)),
     Variant("nested_tnt-no_noise", "nested_tnt", (("logit_noise", "0.0"),)),
+    Variant("nested_tnt-noise_1", "nested_tnt", (("logit_noise", "1.0"),)),
 )}
-MODELS = ("vit", "tnt", "nested_tnt")
+MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
 ABLATIONS = tuple(name for name in VARIANTS if name not in MODELS)
 # Paired comparisons reported per row: the row's model minus each reference, same seeds.
-REFERENCES = {"nested_tnt": ("tnt", "vit"), **{a: ("nested_tnt", "tnt") for a in ABLATIONS}}
+REFERENCES = {"nested_tnt": ("tnt", "vit"), "nested_vit": ("vit",),
+              **{a: ("nested_tnt", "tnt") for a in ABLATIONS}}
 REFERENCE_COLUMNS = ("tnt", "vit", "nested_tnt")
 
 

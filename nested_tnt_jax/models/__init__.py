@@ -1,4 +1,4 @@
-"""Model registry: timm's names (plus Nested-TNT and small 32x32 variants) -> Flax modules.
+"""Model registry: timm's names (plus Nested-TNT, Nested-ViT and small 32x32 variants) -> Flax modules.
 
 `create_model(name, num_classes=1000, img_size=None, **overrides)` returns a `flax.linen`
 module; `module.apply(variables, images_nhwc, train=..., rngs={"dropout": k1, "noise": k2})`
@@ -22,6 +22,7 @@ __all__ = ["compiled_with", "create_model", "list_models", "model_config", "para
            "params_to_scan", "TNT", "ViT"]
 
 _NESTED = dict(nest_inner=True, nest_outer=True)
+_NESTED_VIT = dict(nested=True)
 # The 32x32 variants share depth and widths across families so comparisons are fair. patch4
 # and patch8 give 16 words per sentence: patch 4 with a kernel-3 stride-1 word conv (64
 # sentences, more accurate), patch 8 with kernel 3 stride 2 (16 sentences, ~2.5x faster on CPU).
@@ -38,6 +39,9 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "vit_tiny_patch16_224": (ViT, dict(embed_dim=192, depth=12, num_heads=3)),
     "vit_small_patch16_224": (ViT, dict(embed_dim=384, depth=12, num_heads=6)),
     "vit_base_patch16_224": (ViT, dict(embed_dim=768, depth=12, num_heads=12)),
+    "nested_vit_tiny_patch16_224": (ViT, dict(embed_dim=192, depth=12, num_heads=3, **_NESTED_VIT)),
+    "nested_vit_small_patch16_224": (ViT, dict(embed_dim=384, depth=12, num_heads=6, **_NESTED_VIT)),
+    "nested_vit_base_patch16_224": (ViT, dict(embed_dim=768, depth=12, num_heads=12, **_NESTED_VIT)),
     "tnt_ti_patch16_224": (TNT, _TNT_TI),
     "tnt_s_patch16_224": (TNT, _TNT_S),
     "tnt_s_legacy_patch16_224": (TNT, dict(_TNT_S, legacy=True)),
@@ -46,9 +50,11 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "nested_tnt_s_patch16_224": (TNT, dict(_TNT_S, **_NESTED)),
     "nested_tnt_b_patch16_224": (TNT, dict(_TNT_B, **_NESTED)),
     "vit_cifar_patch4_32": (ViT, dict(_CIFAR, patch_size=4, num_heads=4)),
+    "nested_vit_cifar_patch4_32": (ViT, dict(_CIFAR, patch_size=4, num_heads=4, **_NESTED_VIT)),
     "tnt_cifar_patch4_32": (TNT, dict(_CIFAR_TNT, patch_size=4, word_stride=1)),
     "nested_tnt_cifar_patch4_32": (TNT, dict(_CIFAR_TNT, patch_size=4, word_stride=1, **_NESTED)),
     "vit_cifar_patch8_32": (ViT, dict(_CIFAR, patch_size=8, num_heads=4)),
+    "nested_vit_cifar_patch8_32": (ViT, dict(_CIFAR, patch_size=8, num_heads=4, **_NESTED_VIT)),
     "tnt_cifar_patch8_32": (TNT, dict(_CIFAR_TNT, patch_size=8, word_stride=2)),
     "nested_tnt_cifar_patch8_32": (TNT, dict(_CIFAR_TNT, patch_size=8, word_stride=2, **_NESTED)),
     "tnt_cifar_patch8_word4_32": (TNT, _CIFAR_WORD4),

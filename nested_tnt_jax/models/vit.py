@@ -1,4 +1,10 @@
-"""Vision Transformer (timm's `VisionTransformer` with its default class-token setup)."""
+"""Vision Transformer (timm's `VisionTransformer`) and Nested-ViT (Peng et al., ICME 2023).
+
+ViT follows timm's default class-token setup. Nested-ViT (`nested=True`) replaces every
+attention layer by nested multi-head attention (`attention.py`): one logit chain over the whole
+attention stack, carried from block to block, with the same mixer and logit noise as
+Nested-TNT's chains. With `nested=False` it computes exactly ViT from the same params.
+"""
 
 
 import flax.linen as nn
@@ -10,6 +16,8 @@ from nested_tnt_jax.models.layers import (
     Dtype, DropPath, Mlp, PatchEmbed, dense, drop_path_rates, layer_norm, stack_blocks)
 
 VIT_EPS = 1e-6  # timm's ViT uses partial(nn.LayerNorm, eps=1e-6)
+# (tokens, carried logits or None)
+Carry = tuple[jax.Array, jax.Array | None]
 
 
 class ViTBlock(nn.Module):
@@ -21,23 +29,29 @@ class ViTBlock(nn.Module):
     qkv_bias: bool = True
     proj_drop: float = 0.0
     attn_drop: float = 0.0
+    nested: bool = False
+    mixer: bool = True
+    mixer_ratio: int = 4
+    logit_noise: float = 1.0
     attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, drop_path: float | jax.Array) -> tuple[jax.Array, None]:
+    def __call__(self, carry: Carry, drop_path: float | jax.Array) -> tuple[Carry, None]:
+        x, logits = carry
         path = DropPath(self.deterministic)
-        y, _ = Attention(
+        y, logits = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, fused_qkv=True,
-            attn_drop=self.attn_drop, proj_drop=self.proj_drop,
+            attn_drop=self.attn_drop, proj_drop=self.proj_drop, nested=self.nested,
+            mixer=self.mixer, mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
             deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
             name="attn",
-        )(layer_norm(VIT_EPS, "norm1", self.dtype)(x))
+        )(layer_norm(VIT_EPS, "norm1", self.dtype)(x), logits)
         x = x + path(y, drop_path)
         y = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.proj_drop, self.deterministic,
                 self.dtype, name="mlp")(layer_norm(VIT_EPS, "norm2", self.dtype)(x))
-        return x + path(y, drop_path), None
+        return (x + path(y, drop_path), logits), None
 
 
 class ViT(nn.Module):
@@ -45,7 +59,9 @@ class ViT(nn.Module):
 
     Parameter names follow timm (`patch_embed/proj`, `cls_token`, `pos_embed`, `blocks_i/attn/qkv`,
     `norm`, `head`). `drop_rate` is timm's head dropout; `drop_path_rate` its linear schedule.
-    `attention_core` picks how attention writes QK^T and AV (`attention.CORE_CHOICES`).
+    The nesting flags (`nested`, `mixer`, `mixer_ratio`, `logit_noise`) mean what they mean
+    for TNT's chains; ViT is the default with the chain off. `attention_core` picks how
+    attention writes QK^T and AV (`attention.CORE_CHOICES`).
     """
 
     img_size: int = 224
@@ -61,6 +77,10 @@ class ViT(nn.Module):
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    nested: bool = False
+    mixer: bool = True
+    mixer_ratio: int = 4
+    logit_noise: float = 1.0
     attention_core: str = "auto"
     scan_blocks: bool = False
     remat: bool = False
@@ -81,9 +101,10 @@ class ViT(nn.Module):
         block_kwargs = dict(
             dim=self.embed_dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, attention_core=self.attention_core,
-            deterministic=not train, dtype=self.dtype)
-        x = stack_blocks(ViTBlock, block_kwargs, x,
+            attn_drop=self.attn_drop_rate, nested=self.nested, mixer=self.mixer,
+            mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
+            attention_core=self.attention_core, deterministic=not train, dtype=self.dtype)
+        x, _ = stack_blocks(ViTBlock, block_kwargs, (x, None),
                          drop_path_rates(self.drop_path_rate, self.depth),
                          scan=self.scan_blocks, remat=self.remat)
 
