@@ -20,27 +20,13 @@ from experiments import stats, sweep
 
 # --- statistics -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("t", [-7.5, -1.0, 0.0, 0.4, 3.0, 40.0])
-def test_t_cdf_matches_closed_forms(t):
-    # df=1 is the Cauchy distribution; df=2 has CDF 1/2 + t / (2 sqrt(2 + t^2)).
-    assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-13)
-    assert stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-13)
-
-
-@pytest.mark.parametrize("df,expected", [
-    (1, 12.706204736174698), (2, 4.302652729749464), (4, 2.7764451051977934),
-    (9, 2.262157162798205), (29, 2.045229642132703),
-])
-def test_t_ppf_matches_table_values(df, expected):
-    assert stats.t_ppf(0.975, df) == pytest.approx(expected, rel=1e-11)
-    assert stats.t_ppf(0.025, df) == pytest.approx(-expected, rel=1e-11)
-    assert stats.t_cdf(stats.t_ppf(0.9, df), df) == pytest.approx(0.9, abs=1e-12)
-
-
-def test_betainc_symmetric_point_and_uniform_case():
-    assert stats.betainc(3.5, 3.5, 0.5) == pytest.approx(0.5, abs=1e-14)
-    assert stats.betainc(1.0, 1.0, 0.3) == pytest.approx(0.3, abs=1e-14)  # uniform CDF
-    assert stats.betainc(2.0, 1.0, 0.6) == pytest.approx(0.36, abs=1e-14)  # x^a for b=1
+def test_holm_by_hand():
+    # Sorted 0.01, 0.02, 0.04 (x3, x2, x1) -> 0.03, 0.04, 0.04 (kept non-decreasing); NaN skipped.
+    adjusted = stats.holm([0.04, math.nan, 0.01, 0.02])
+    assert adjusted[1] != adjusted[1]
+    assert adjusted[2] == pytest.approx(0.03) and adjusted[3] == pytest.approx(0.04)
+    assert adjusted[0] == pytest.approx(0.04)
+    assert stats.holm([0.6, 0.5]) == [1.0, 1.0] and stats.holm([]) == []
 
 
 def test_summarize_by_hand():
@@ -58,9 +44,10 @@ def test_paired_test_by_hand():
     # Differences 1, 2, 3: mean 2, sd 1, t = 2 sqrt(3), df 2: p = 1 - t / sqrt(2 + t^2).
     r = stats.paired_test([11.0, 12.0, 14.0], [10.0, 10.0, 11.0])
     t = 2.0 * math.sqrt(3.0)
-    half = 4.302652729749464 / math.sqrt(3.0)
+    half = 4.302652729749464 / math.sqrt(3.0)  # t_{0.975, 2} * sd / sqrt(n)
     assert (r.n, r.mean_diff) == (3, pytest.approx(2.0))
     assert r.t == pytest.approx(t, rel=1e-12)
+    # df = 2: the two-sided p-value of t has the closed form 1 - t / sqrt(2 + t^2).
     assert r.p == pytest.approx(1.0 - t / math.sqrt(2.0 + t * t), rel=1e-10)
     assert (r.ci_low, r.ci_high) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
     swapped = stats.paired_test([10.0, 10.0, 11.0], [11.0, 12.0, 14.0])
@@ -133,7 +120,7 @@ def test_plan_refusals(kwargs, match):
 
 def fake_top1(key: str, seed: int) -> float:
     """Top-1 the fake trainer reports: model-dependent, seed-dependent, not a constant gap."""
-    base = {"vit": 0.60, "tnt": 0.62, "nested_tnt": 0.64}.get(key, 0.63)
+    base = {"vit": 0.60, "tnt": 0.62, "nested_tnt": 0.64, "nested_vit": 0.61}.get(key, 0.63)
     return base + 0.01 * seed + 0.002 * len(key) * (seed % 2)
 
 
@@ -157,6 +144,9 @@ if init and not (pathlib.Path(init) / "results.json").exists():
     sys.exit("init_from has no finished pre-training")
 workdir.mkdir(parents=True, exist_ok=True)
 (workdir / "ckpt").write_text("step")
+(workdir / "history.jsonl").write_text("".join(
+    json.dumps({"step": step, "split": "eval", "top1": fake_top1(key, seed) - 0.1 / step,
+                "loss": 1.0 / step}) + "\\n" for step in (2, 4, 6)))
 (workdir / "results.json").write_text(json.dumps(
     {"test_top1": fake_top1(key, seed), "test_top5": 0.9, "steps": 7, "init_from": init}))
 '''
@@ -249,12 +239,13 @@ def test_tables_hold_the_statistics_of_the_results(fake):
     seeds = [0, 1, 2, 3]
     assert _cli(trainer, sweep_dir, "--datasets", "cifar10", "--seeds", *map(str, seeds),
                 "--ablations", "--cpu") == 0
-    assert len(calls()) == 7 * 4
-    keys = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt",
+    assert len(calls()) == 9 * 4
+    keys = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt", "nested_vit": "nested_vit",
             "nested_tnt-no_inner": "nested_tnt:nest_inner=False",
             "nested_tnt-no_outer": "nested_tnt:nest_outer=False",
             "nested_tnt-no_mixer": "nested_tnt:mixer=False",
-            "nested_tnt-no_noise": "nested_tnt:logit_noise=0.0"}
+            "nested_tnt-no_noise": "nested_tnt:logit_noise=0.0",
+            "nested_tnt-noise_1": "nested_tnt:logit_noise=1.0"}
     top1 = {m: np.array([100 * fake_top1(k, s) for s in seeds]) for m, k in keys.items()}
     rows = _csv_rows(sweep_dir / "table.csv")
     assert [m for (_, m) in rows] == list(keys)
@@ -265,7 +256,8 @@ def test_tables_hold_the_statistics_of_the_results(fake):
         assert float(row["std"]) == pytest.approx(values.std(ddof=1))
         half = 3.1824463052837078 * values.std(ddof=1) / 2.0
         assert float(row["ci_high"]) == pytest.approx(values.mean() + half)
-    compared = {"nested_tnt": ("tnt", "vit"), "nested_tnt-no_mixer": ("nested_tnt", "tnt"),
+    compared = {"nested_tnt": ("tnt", "vit"), "nested_vit": ("vit",),
+                "nested_tnt-no_mixer": ("nested_tnt", "tnt"),
                 "nested_tnt-no_inner": ("nested_tnt", "tnt")}
     for model, refs in compared.items():
         row = rows["cifar10", model]
@@ -285,7 +277,7 @@ def test_tables_hold_the_statistics_of_the_results(fake):
     assert f"{(nt - top1['tnt']).mean():+.2f} [" in line
     assert (sweep_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs_csv = (sweep_dir / "runs.csv").read_text().splitlines()
-    assert len(runs_csv) == 1 + 28 and runs_csv[1].startswith("cifar10/vit/seed0,cifar10,vit,0,")
+    assert len(runs_csv) == 1 + 36 and runs_csv[1].startswith("cifar10/vit/seed0,cifar10,vit,0,")
 
     # --report-only rebuilds from results on disk without training.
     (sweep_dir / "table.md").unlink()
