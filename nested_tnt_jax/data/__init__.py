@@ -1,5 +1,5 @@
 """Input pipeline: TFDS ArrayRecord sources read through grain, host augmentation in numpy,
-and on-device batch preprocessing (see docs/ARCHITECTURE.md, "Data interface")."""
+and on-device batch preprocessing (see docs/architecture.md, "Data interface")."""
 
 from nested_tnt_jax.data.datasets import (
     DATASETS,
