@@ -1,9 +1,9 @@
-"""`predict`: top-5 per image from a run's workdir, per-file errors, CLI exit codes.
+"""`predict` and `runs`: a run read back, top-5 per image, every Pillow mode, per-file errors,
+CLI output and exit codes.
 
 The run is faked in seconds with the trainer's own writers: the config through
-`metrics.write_config_file` (and the TensorBoard hparams that older runs have instead), a
-checkpoint of fresh tiny-model params through `checkpointing.Checkpointer`. `make_run` is
-shared with test_visualize.py.
+`metrics.write_config_file`, a checkpoint of fresh tiny-model params through
+`checkpointing.Checkpointer`. `make_run` is shared with test_visualize.py.
 """
 
 import os
@@ -19,7 +19,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from nested_tnt_jax import checkpointing, metrics, models, predict, steps
+from nested_tnt_jax import checkpointing, errors, metrics, models, predict, runs, steps
+from nested_tnt_jax.data.augment import eval_view
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA_DIR = str((ROOT / ".." / "shared" / "tfds").resolve())
@@ -37,14 +38,9 @@ def make_config(data_dir: str | None = DATA_DIR):
     return config
 
 
-def write_config(config, workdir, legacy: bool = False) -> None:
-    """The config as the trainer records it: config.json and TensorBoard hparams; `legacy`:
-    the hparams alone, as runs from before config.json have."""
-    reporter = metrics.Reporter(str(workdir), 1, 1)
-    reporter.write_config(config)
-    reporter.close()
-    if not legacy:
-        metrics.write_config_file(str(workdir), config)
+def write_config(config, workdir) -> None:
+    """The config as the trainer records it (config.json)."""
+    metrics.write_config_file(str(workdir), config)
 
 
 def random_params(model, seed: int):
@@ -55,16 +51,17 @@ def random_params(model, seed: int):
     return jax.tree.map(lambda s: rng.normal(0.0, 0.3, s.shape).astype(s.dtype), shapes)
 
 
-def make_run(workdir, seed: int = 0):
-    """A workdir as the trainer leaves it (config + one checkpoint); returns (config, params)."""
-    config = make_config()
+def make_run(workdir, seed: int = 0, config=None, step: int = 1):
+    """A workdir as the trainer leaves it (config + one checkpoint at `step`); returns
+    (config, params)."""
+    config = config or make_config()
     write_config(config, workdir)
     model = models.create_model(config.model.name, num_classes=10, img_size=config.image_size,
                                 **config.model.overrides.to_dict())
     params = random_params(model, seed)
     state = steps.create_train_state(params, optax.sgd(0.1), jax.random.PRNGKey(seed))
     checkpointer = checkpointing.Checkpointer(str(workdir), max_to_keep=1)
-    checkpointer.save(state, 1)
+    checkpointer.save(state, step)
     checkpointer.close()
     return config, params
 
@@ -101,27 +98,33 @@ def corrupt(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("legacy", [False, True])
-def test_recorded_config_round_trips_with_field_types(tmp_path, legacy):
+def test_recorded_config_round_trips_with_field_types(tmp_path):
     config = make_config()
-    write_config(config, tmp_path, legacy=legacy)
-    assert (tmp_path / metrics.CONFIG_FILE).exists() != legacy
-    flat = predict.read_run_config(str(tmp_path))
+    write_config(config, tmp_path)
+    flat = runs.read_config(str(tmp_path))
     assert flat["model.name"] == config.model.name
-    overrides = predict.model_overrides(config.model.name, flat)
+    overrides = runs.model_overrides(config.model.name, flat)
     assert overrides == config.model.overrides.to_dict()
     assert type(overrides["depth"]) is int and type(overrides["scan_blocks"]) is bool
 
 
+def test_load_run_uses_the_newest_checkpoint_and_says_which(tmp_path):
+    config, _ = make_run(tmp_path, seed=0, step=3)
+    _, newer = make_run(tmp_path, seed=1, config=config, step=7)
+    run = runs.load_run(str(tmp_path))
+    assert run.step == 7 and run.model_name == config.model.name
+    loaded, saved = jax.tree.leaves_with_path(run.params), jax.tree.leaves_with_path(newer)
+    assert [k for k, _ in loaded] == [k for k, _ in saved]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(loaded, saved))
 def test_top5_sorted_probabilities_matching_the_model(run_dir, images):
     workdir, config, params = run_dir
     results = predict.predict(str(workdir), images)
-    names = predict.label_names("cifar10", DATA_DIR, 10)
+    names = runs.label_names("cifar10", DATA_DIR, 10)
     assert names != [str(i) for i in range(10)]  # the prepared dataset's names were found
     assert [r.path for r in results] == images
-    run = predict.load_run(str(workdir))
-    views = np.stack([predict.load_image(p, run) for p in images])
-    expected = predict.probabilities(run.model, params, predict.model_inputs(views, run))
+    run = runs.load_run(str(workdir))
+    views = np.stack([run.view(p) for p in images])
+    expected = predict.probabilities(run.model, params, run.inputs(views))
     for result, probs in zip(results, expected):
         assert result.error is None
         labels, p = zip(*result.top)
@@ -142,14 +145,16 @@ def test_corrupt_and_missing_files_fail_alone(run_dir, images, corrupt):
     assert [r.top for r in results if r.error is None] == [r.top for r in alone]
 
 
-def test_cli_exit_codes_and_output(run_dir, images, corrupt, capsys):
+def test_cli_results_on_stdout_errors_on_stderr(run_dir, images, corrupt, capsys):
     workdir, _, _ = run_dir
     assert predict.main([f"--workdir={workdir}", *images]) == 0
-    out = capsys.readouterr().out
-    assert all(p in out for p in images) and out.count(" 1. ") == len(images)
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{workdir}: nested_tnt_cifar_patch8_32, checkpoint at step 1\n")
+    assert all(p in out for p in images) and out.count(" 1. ") == len(images) and not err
     assert predict.main([f"--workdir={workdir}", *images, corrupt]) == 1
-    out = capsys.readouterr().out
-    assert f"{corrupt}\n  error: cannot read" in out and " 5. " in out
+    out, err = capsys.readouterr()
+    assert corrupt not in out and out.count(" 5. ") == len(images)
+    assert err.startswith(f"error: cannot read {corrupt!r} as an image") and err.count("\n") == 1
 
 
 def test_workdir_without_checkpoint_is_one_clear_error(tmp_path, images):
@@ -157,7 +162,86 @@ def test_workdir_without_checkpoint_is_one_clear_error(tmp_path, images):
     proc = subprocess.run(
         [sys.executable, "-m", "nested_tnt_jax.predict", f"--workdir={tmp_path}", images[0]],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert "has no complete checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(predict.RunError, match="not a training run's workdir"):
-        predict.load_run(str(tmp_path / "empty"))
+    assert proc.returncode == 2 and not proc.stdout and "Traceback" not in proc.stderr
+    # One paragraph (one line) with the error; whatever libraries log on import aside.
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert "has no complete checkpoint" in error
+    with pytest.raises(errors.ConfigError, match="not a training run's workdir"):
+        runs.load_run(str(tmp_path / "empty"))
+
+
+def _image_files(directory) -> list[tuple[str, np.ndarray, int]]:
+    """One file per mode and bit depth Pillow opens, each with the 8-bit RGB picture it holds
+    and the largest per-pixel difference its encoding allows (lossy or rounding ones)."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 20, 3), np.uint8)
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    grey_rgb = np.repeat(grey[..., None], 3, -1)
+    palette = rng.integers(0, 256, (16, 3), np.uint8)
+    index = rng.integers(0, 16, (24, 20)).astype(np.uint8)
+    alpha = np.where(np.arange(20) < 10, 255, 0).astype(np.uint8)[None].repeat(24, 0)
+    alpha[:4] = 128  # partly transparent rows
+    bilevel = np.where(grey > 127, 255, 0).astype(np.uint8)
+    transparent = np.where((index == 3)[..., None], 255, palette[index]).astype(np.uint8)
+
+    def over_white(picture, a):
+        a = a[..., None].astype(np.float64) / 255.0
+        return np.round(picture * a + 255.0 * (1.0 - a)).astype(np.uint8)
+
+    paletted = Image.fromarray(index, "P")
+    paletted.putpalette(palette.ravel().tolist())
+    cases = {  # file: (image, format, save options, the RGB picture it holds, tolerance)
+        "rgb.png": (Image.fromarray(rgb), "PNG", {}, rgb, 0),
+        "l.png": (Image.fromarray(grey), "PNG", {}, grey_rgb, 0),
+        "i16.png": (Image.fromarray(grey.astype(np.uint16) * 257), "PNG", {}, grey_rgb, 0),
+        "i16b.tif": (Image.frombytes("I;16B", grey.shape[::-1],
+                                     (grey.astype(">u2") * 257).tobytes()), "TIFF", {},
+                     grey_rgb, 0),
+        "i16.pgm": (Image.fromarray(grey.astype(np.uint16) * 257), "PPM", {}, grey_rgb, 0),
+        "i32.tif": (Image.fromarray(grey.astype(np.int32) * 257), "TIFF", {}, grey_rgb, 0),
+        "f.tif": (Image.fromarray(grey.astype(np.float32) / 255), "TIFF", {}, grey_rgb, 0),
+        "1.png": (Image.fromarray(bilevel).convert("1"), "PNG", {},
+                  np.repeat(bilevel[..., None], 3, -1), 0),
+        "p.png": (paletted, "PNG", {}, palette[index], 0),
+        "p_transparent.png": (paletted, "PNG", {"transparency": 3}, transparent, 0),
+        "p_transparent.gif": (paletted, "GIF", {"transparency": 3}, transparent, 0),
+        "la.png": (Image.fromarray(np.stack([grey, alpha], -1), "LA"), "PNG", {},
+                   over_white(grey_rgb, alpha), 1),
+        "rgba.png": (Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1), "RGBA"),
+                     "PNG", {}, over_white(rgb, alpha), 1),
+        "cmyk.tif": (Image.fromarray(rgb).convert("CMYK"), "TIFF", {}, rgb, 0),
+        "ycbcr.tif": (Image.fromarray(rgb).convert("YCbCr"), "TIFF", {}, rgb, 4),
+        "rgb.jpg": (Image.fromarray(rgb), "JPEG", {"quality": 100, "subsampling": 0}, rgb, 8),
+    }
+    files = []
+    for name, (image, fmt, options, expected, tolerance) in cases.items():
+        path = os.path.join(directory, name)
+        image.save(path, fmt, **options)
+        files.append((path, expected, tolerance))
+    # A photo stored sideways with an EXIF orientation tag (6: rotate 90 degrees clockwise).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = os.path.join(directory, "rotated.png")
+    Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    files.append((path, rgb, 0))
+    return files
+
+
+def test_every_pillow_mode_and_bit_depth_becomes_the_same_model_input(run_dir, tmp_path):
+    workdir, _, _ = run_dir
+    run = runs.load_run(str(workdir))
+    files = _image_files(tmp_path)
+    modes = set()
+    for path, expected, tolerance in files:
+        with Image.open(path) as image:
+            modes.add(image.mode)
+        picture = runs.read_rgb(path)
+        assert picture.dtype == np.uint8 and picture.shape == expected.shape, path
+        diff = np.abs(picture.astype(int) - expected.astype(int))
+        assert diff.max() <= tolerance, (path, diff.max())
+    assert {"1", "L", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16B", "I",
+            "F"} <= modes
+    exact = [(p, e) for p, e, t in files if t == 0]
+    views = np.stack([run.view(p) for p, _ in exact])
+    originals = np.stack([eval_view(e, crop=run.crop, size=run.host_size) for _, e in exact])
+    np.testing.assert_array_equal(run.inputs(views), run.inputs(originals))
