@@ -1,17 +1,22 @@
-"""Attention maps and head-logit correlations of a model on one image, as PNGs.
+"""Attention pictures of a trained model on one image, as PNGs.
 
-`python -m nested_tnt_jax.visualize --workdir=DIR --image=PATH --out=DIR_OUT` writes, for the
-run's latest checkpoint (eval mode, so no logit noise):
-  outer_attention.png      class token -> patch grid, one panel per (layer, head)
-  inner_attention.png      within each patch, attention to each word (mean over query words,
-                           or one chosen word with --query_word), tiled over the patch grid
-  correlation_<chain>.png  Pearson correlation of head logits between adjacent layers l, l+1
-                           of each attention chain, a heads x heads matrix per layer pair
-
+`python -m nested_tnt_jax.visualize --workdir=DIR --image=PATH --out=DIR_OUT` runs the run's
+newest checkpoint on the image in evaluation mode (so without logit noise) and writes:
+  outer_attention.png      the class token's attention over the image patches, per layer and
+                           head, drawn over the image at patch resolution (TNT: the outer
+                           attention between sentences; ViT and Nested-ViT: their attention)
+  inner_attention.png      TNT only: the inner attention between the words of each patch,
+                           each patch's word weights drawn inside that patch's square (mean
+                           over the query words, or from one word with --query_word)
+  correlation_<chain>.png  Pearson correlation of the heads' attention logits between
+                           adjacent layers l, l + 1 of each attention chain (outer, inner):
+                           how much each head of layer l + 1 re-uses layer l's logits, which
+                           nested attention carries forward
+The maps of one figure share one colour scale (a colorbar beside them) and sit beside the input
+image as the model sees it. `--layers` / `--heads` pick rows and columns for large models.
 The logits are those fed to softmax (after nesting), read from the "intermediates" that
-`Attention` sows. The correlations show what nested attention is for: how much each head of
-layer l+1 re-uses the logits of layer l's heads. `render(model, params, images, out)` does the
-same for any params and model.
+`Attention` sows. `render(model, params, inputs, picture, out_dir)` does the same for any
+params and model.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,12 +39,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from nested_tnt_jax import models, predict  # noqa: E402
+from nested_tnt_jax import cli, errors, models, runs  # noqa: E402
 from nested_tnt_jax.models.layers import word_grid  # noqa: E402
 
 # Attention module name -> chain. TNT has an inner (words) and an outer (sentences) chain; ViT's
 # single `attn` is over patches with a class token, like TNT's outer one.
 CHAINS = {"attn_out": "outer", "attn": "outer", "attn_in": "inner"}
+# Colour maps: attention weights (0 up) and correlations (-1..1).
+WEIGHT_CMAP = "inferno"
+CORRELATION_CMAP = "RdBu_r"
+# The maps are laid over the image in grey, which shows through this much.
+OVERLAY_ALPHA = 0.65
+# Correlation panels per row.
+PAIRS_PER_ROW = 6
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -83,13 +96,11 @@ def word_maps(layers: Sequence[np.ndarray], grid: int, words: int, index: int = 
               query: int | None = None) -> np.ndarray:
     """(layers, heads, grid * words, grid * words): inner attention of image `index`.
 
-    Each patch's tile shows the attention to its words, from word `query` or (None) averaged
-    over all query words, placed where the patch and word lie in the image.
+    Each patch's tile shows the attention to its words, from word `query` (0-based, row-major)
+    or (None) averaged over all query words, placed where the patch and word lie in the image.
     """
     n = grid * grid
-    if query is not None and not 0 <= query < words * words:
-        raise ValueError(f"query word {query} does not exist: a patch has {words * words} words "
-                         f"({words}x{words}, numbered row-major from 0); pick one in range.")
+    check_query(query, words)
     maps = []
     for logits in layers:
         attn = softmax(logits[index * n:(index + 1) * n])  # (patches, heads, words, words)
@@ -98,6 +109,14 @@ def word_maps(layers: Sequence[np.ndarray], grid: int, words: int, index: int = 
         tiles = attn.reshape(grid, grid, heads, words, words).transpose(2, 0, 3, 1, 4)
         maps.append(tiles.reshape(heads, grid * words, grid * words))
     return np.stack(maps)
+
+
+def check_query(query: int | None, words: int) -> None:
+    """Refuses a query word (0-based) that a patch of `words` x `words` words does not have."""
+    if query is not None and not 0 <= query < words * words:
+        raise errors.ConfigError(
+            f"query word {query + 1} does not exist: a patch has {words * words} words "
+            f"({words}x{words}, numbered row by row from 1); pick one in 1..{words * words}.")
 
 
 def head_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -116,98 +135,230 @@ def adjacent_correlations(layers: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [head_correlation(a, b) for a, b in zip(layers[:-1], layers[1:])]
 
 
-def _panel_grid(rows: int, cols: int, size: float = 1.8):
-    width = max(4.0, size * cols + 0.8)  # room for the title when there are few panels
-    return plt.subplots(rows, cols, figsize=(width, size * rows + 0.5), squeeze=False,
-                        layout="constrained")
+def parse_selection(spec: str | None, count: int, what: str) -> list[int] | None:
+    """`"1,3,5-8"` (1-based, as the figures number layers and heads) -> 0-based indices.
+
+    None or "" selects all (None is returned). Raises ConfigError naming `what` and its range.
+    """
+    if not spec:
+        return None
+    chosen: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+        if not match or not 1 <= first <= last <= count:
+            raise errors.ConfigError(
+                f"--{what}={spec!r} does not select {what} of this model: it has {count} "
+                f"{what}, numbered 1..{count}; give numbers or ranges in that span, comma "
+                f"separated, e.g. --{what}=1,{count} or --{what}=1-{min(count, 3)}.")
+        chosen.extend(i - 1 for i in range(first, last + 1) if i - 1 not in chosen)
+    return chosen
 
 
-def plot_maps(maps: np.ndarray, title: str, path: str) -> int:
-    """Saves a (layers, heads, h, w) stack as one panel per (layer, head); returns the count."""
-    layers, heads = maps.shape[:2]
-    fig, axes = _panel_grid(layers, heads)
-    for l in range(layers):
-        for h in range(heads):
-            ax = axes[l, h]
-            ax.imshow(maps[l, h], cmap="viridis", interpolation="nearest")
+def _heads_of(model: nn.Module) -> dict[str, int]:
+    """Heads per chain: TNT's outer and inner attention, ViT's one attention ("outer")."""
+    if hasattr(model, "num_heads_outer"):
+        return {"outer": model.num_heads_outer, "inner": model.num_heads_inner}
+    return {"outer": model.num_heads}
+
+
+def _chain_words(model: nn.Module, chain: str) -> str:
+    """How the figures name a chain, in the words of the papers."""
+    if chain == "inner":
+        return "inner attention (between the words of each patch)"
+    if hasattr(model, "num_heads_outer"):
+        return "outer attention (between patches)"
+    return "attention (between patches)"
+
+
+def _title(fig, text: str, width_in: float) -> None:
+    """A figure title wrapped to the figure's width (about 15 characters per inch at 9 pt)."""
+    lines = [textwrap.fill(line, max(40, int(width_in * 15))) for line in text.split("\n")]
+    fig.suptitle("\n".join(lines), fontsize=9)
+
+
+def _image_panel(ax, picture: np.ndarray) -> None:
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_title(f"input as the model sees it\n({picture.shape[1]}x{picture.shape[0]} px)",
+                 fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
+                  heads: Sequence[int], title: str, path: str,
+                  borders: int | None = None) -> int:
+    """Saves `maps` (rows, cols, h, w) laid over `picture` (H, W, 3 in [0, 1]), one panel per
+    (layer, head), the input image first and one colour scale with its colorbar.
+
+    `layers` / `heads` are the 0-based indices the rows / columns show (titled from 1);
+    `borders` draws patch borders every that many pixels. Returns the number of maps.
+    """
+    rows, cols = maps.shape[:2]
+    height, width = picture.shape[:2]
+    size = 1.7
+    width_in = size * (cols + 1) + 1.2
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(width_in, size * rows + 1.2),
+                             squeeze=False, layout="constrained")
+    _image_panel(axes[0, 0], picture)
+    for ax in axes[1:, 0]:
+        ax.axis("off")
+    grey = picture @ np.array([0.299, 0.587, 0.114])
+    vmax = float(maps.max()) or 1.0
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r, c + 1]
+            ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            shown = ax.imshow(maps[r, c], cmap=WEIGHT_CMAP, vmin=0.0, vmax=vmax,
+                              alpha=OVERLAY_ALPHA, interpolation="nearest",
+                              extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+            if borders:
+                for x in range(borders, width, borders):
+                    ax.axvline(x - 0.5, color="white", linewidth=0.6)
+                for y in range(borders, height, borders):
+                    ax.axhline(y - 0.5, color="white", linewidth=0.6)
+            ax.set_xlim(-0.5, width - 0.5)
+            ax.set_ylim(height - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"layer {l} head {h}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=80)
+            if r == 0:
+                ax.set_title(f"head {head + 1}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"layer {layer + 1}", fontsize=8)
+    fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), shrink=0.8, label="attention weight")
+    _title(fig, title, width_in)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return layers * heads
+    return rows * cols
 
 
-def plot_correlations(matrices: Sequence[np.ndarray], chain: str, path: str) -> int:
-    """Saves one heads x heads heatmap (colour scale -1..1) per adjacent layer pair."""
-    fig, axes = _panel_grid(1, len(matrices), size=2.4)
-    for l, (ax, m) in enumerate(zip(axes[0], matrices)):
-        image = ax.imshow(m, cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
-        ax.set_title(f"layer {l} -> {l + 1}", fontsize=8)
-        ax.set_xlabel(f"head (layer {l + 1})", fontsize=7)
-        ax.set_ylabel(f"head (layer {l})", fontsize=7)
-        ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]))
+def plot_correlations(matrices: Sequence[np.ndarray], layers: Sequence[int], title: str,
+                      path: str) -> int:
+    """Saves one heads x heads heatmap (colour scale -1..1) per adjacent layer pair
+    (`layers[i]` -> `layers[i] + 1`, 0-based, titled from 1); returns the number of pairs."""
+    cols = min(len(matrices), PAIRS_PER_ROW)
+    rows = -(-len(matrices) // cols)
+    size = 2.3
+    width_in = max(4.5, size * cols + 1.0)
+    fig, axes = plt.subplots(rows, cols, figsize=(width_in, size * rows + 1.2),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel()[len(matrices):]:
+        ax.axis("off")
+    for ax, layer, m in zip(axes.ravel(), layers, matrices):
+        shown = ax.imshow(m, cmap=CORRELATION_CMAP, vmin=-1.0, vmax=1.0,
+                          interpolation="nearest")
+        ax.set_title(f"layer {layer + 1} -> {layer + 2}", fontsize=8)
+        ax.set_xlabel(f"head of layer {layer + 2}", fontsize=7)
+        ax.set_ylabel(f"head of layer {layer + 1}", fontsize=7)
+        ax.set_xticks(range(m.shape[1]), range(1, m.shape[1] + 1))
+        ax.set_yticks(range(m.shape[0]), range(1, m.shape[0] + 1))
         ax.tick_params(labelsize=6)
-    fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
-    fig.suptitle(f"{chain} chain: head-logit correlation", fontsize=9)
-    fig.savefig(path, dpi=80)
+    fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.8, label="Pearson correlation")
+    _title(fig, title, width_in)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return len(matrices)
 
 
-def render(model: nn.Module, params: Any, images: jax.Array, out_dir: str,
-           query: int | None = None) -> dict[str, int]:
-    """Writes the PNGs for the first of `images` (normalised, at the model's size) to `out_dir`.
+def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray,
+           out_dir: str, *, query: int | None = None, layers: Sequence[int] | None = None,
+           heads: Sequence[int] | None = None, caption: str = "") -> dict[str, int]:
+    """Writes the PNGs for the first of `inputs` (normalised, at the model's size) to `out_dir`.
 
-    Returns {png path: number of panels}. The correlations use every image given. Layer pairs
-    need depth >= 2; the inner-attention figure is TNT-only.
+    `picture` is that image in [0, 1] RGB for display; `layers` / `heads` (0-based; None: all)
+    select the maps shown, `query` (0-based) the query word of the inner maps (None: their
+    mean); `caption` is added to each title (e.g. the run and step). Returns {png path: number
+    of panels}. The correlations use every image given; they need depth >= 2; the inner
+    figure is TNT's alone.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    chains = attention_logits(model, params, images)
-    grid = model.img_size // model.patch_size
-    written = {}
-    path = os.path.join(out_dir, "outer_attention.png")
-    written[path] = plot_maps(class_token_maps(chains["outer"], grid), (
-        "class token attention over patches"), path)
-    if "inner" in chains:
+    depth = model.depth
+    layers = list(range(depth)) if layers is None else list(layers)
+    heads_per_chain = _heads_of(model)
+    if "inner" in heads_per_chain:
         words = word_grid(model.patch_size, model.word_kernel, model.word_stride)
-        which = "mean over query words" if query is None else f"from word {query}"
+        check_query(query, words)
+    chosen = {}
+    for chain, count in heads_per_chain.items():
+        chosen[chain] = list(range(count)) if heads is None else [h for h in heads if h < count]
+        if not chosen[chain]:
+            raise errors.ConfigError(
+                f"--heads selects none of the {count} heads of the {_chain_words(model, chain)}"
+                f"; pick heads in 1..{count} too.")
+    os.makedirs(out_dir, exist_ok=True)
+    chains = attention_logits(model, params, inputs)
+    grid = model.img_size // model.patch_size
+    suffix = f"\n{caption}" if caption else ""
+    written = {}
+
+    def pick(maps: np.ndarray, chain: str) -> np.ndarray:
+        return maps[np.ix_(layers, chosen[chain])]
+
+    path = os.path.join(out_dir, "outer_attention.png")
+    written[path] = plot_overlays(
+        picture, pick(class_token_maps(chains["outer"], grid), "outer"), layers,
+        chosen["outer"], f"Class-token {_chain_words(model, 'outer')}: the weight the class "
+        f"token gives each patch, per layer and head{suffix}", path)
+    if "inner" in chains:
+        which = ("mean over its query words" if query is None
+                 else f"from word {query + 1} of each patch")
         path = os.path.join(out_dir, "inner_attention.png")
-        written[path] = plot_maps(word_maps(chains["inner"], grid, words, query=query),
-                                  f"attention within each patch ({which})", path)
-    for chain, layers in sorted(chains.items()):
-        if len(layers) > 1:
-            path = os.path.join(out_dir, f"correlation_{chain}.png")
-            written[path] = plot_correlations(adjacent_correlations(layers), chain, path)
+        maps = word_maps(chains["inner"], grid, words, query=query)
+        written[path] = plot_overlays(
+            picture, pick(maps, "inner"), layers, chosen["inner"],
+            f"Inner attention: within each patch (white borders), the weight on each of its "
+            f"{words}x{words} words ({which}){suffix}", path, borders=model.patch_size)
+    for chain, logits in sorted(chains.items()):
+        pairs = [l for l in layers if l + 1 < depth]
+        if not pairs:
+            continue
+        path = os.path.join(out_dir, f"correlation_{chain}.png")
+        matrices = [head_correlation(logits[l], logits[l + 1]) for l in pairs]
+        written[path] = plot_correlations(
+            matrices, pairs, f"{_chain_words(model, chain).capitalize()}: correlation of each "
+            f"head's attention logits with each head's of the next layer{suffix}", path)
     return written
 
 
-def visualize(workdir: str, image_path: str, out_dir: str,
-              query: int | None = None) -> dict[str, int]:
+def visualize(workdir: str, image_path: str, out_dir: str, query: int | None = None,
+              layers: Sequence[int] | None = None,
+              heads: Sequence[int] | None = None) -> dict[str, int]:
     """`render` for the run in `workdir` on the image file `image_path`, seen as in eval."""
-    run = predict.load_run(workdir)
-    images = predict.model_inputs(predict.load_image(image_path, run)[None], run)
-    return render(run.model, run.params, images, out_dir, query)
+    run = runs.load_run(workdir)
+    inputs = run.inputs(run.view(image_path)[None])
+    caption = f"{run.model_name}, checkpoint at step {run.step}"
+    return render(run.model, run.params, inputs, run.picture(inputs)[0], out_dir, query=query,
+                  layers=layers, heads=heads, caption=caption)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI; prints each PNG written. Exit 2 for an unusable workdir or image."""
+    """CLI; prints the checkpoint used and each PNG written. Exit 2 for an unusable run,
+    image or selection (one paragraph on stderr, `cli.explained`; nothing written)."""
     parser = argparse.ArgumentParser(
         prog="python -m nested_tnt_jax.visualize",
-        description="Per-head attention maps and adjacent-layer head-logit correlations.")
+        description="Attention maps over the image, per layer and head, and the head-logit "
+                    "correlation of adjacent layers, of a trained run on one image.")
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
-    parser.add_argument("--image", required=True, help="an image file")
+    parser.add_argument("--image", required=True, help="an image file (any format Pillow reads)")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
+    parser.add_argument("--layers", default="",
+                        help="layers to draw, from 1, e.g. 1,6,12 or 1-4 (default: all)")
+    parser.add_argument("--heads", default="",
+                        help="heads to draw, from 1, e.g. 1,2 or 1-3 (default: all)")
     parser.add_argument("--query_word", type=int, default=None,
-                        help="inner attention from this word (row-major) instead of the mean")
+                        help="inner attention from this word of each patch (numbered row by "
+                             "row from 1) instead of the mean over its words")
     args = parser.parse_args(argv)
-    try:
-        written = visualize(args.workdir, args.image, args.out, args.query_word)
-    except (predict.RunError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with cli.explained():
+        run = runs.load_run(args.workdir)
+        model = run.model
+        layers = parse_selection(args.layers, model.depth, "layers")
+        heads = parse_selection(args.heads, max(_heads_of(model).values()), "heads")
+        query = None if args.query_word is None else args.query_word - 1
+        inputs = run.inputs(run.view(args.image)[None])
+        print(f"{run.workdir}: {run.model_name}, checkpoint at step {run.step}")
+        written = render(model, run.params, inputs, run.picture(inputs)[0], args.out,
+                         query=query, layers=layers, heads=heads,
+                         caption=f"{run.model_name}, checkpoint at step {run.step}")
     for path, panels in written.items():
         print(f"{path} ({panels} panels)")
     return 0

@@ -1,4 +1,4 @@
-"""`visualize`: attention maps and adjacent-layer head correlations of a run, as PNGs."""
+"""`visualize`: attention over the image and adjacent-layer head correlations, as PNGs."""
 
 import jax
 import numpy as np
@@ -6,7 +6,10 @@ import pytest
 from PIL import Image
 from test_predict import TINY_TNT, make_run, random_params, write_images
 
-from nested_tnt_jax import models, predict, visualize
+from nested_tnt_jax import errors, models, runs, visualize
+
+PNGS = ("outer_attention.png", "inner_attention.png", "correlation_inner.png",
+        "correlation_outer.png")
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +18,8 @@ def setup(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     make_run(workdir)
     image = write_images(tmp_path_factory.mktemp("images"))[0]
-    run = predict.load_run(str(workdir))
-    inputs = predict.model_inputs(predict.load_image(image, run)[None], run)
+    run = runs.load_run(str(workdir))
+    inputs = run.inputs(run.view(image)[None])
     return workdir, image, run, visualize.attention_logits(run.model, run.params, inputs)
 
 
@@ -32,11 +35,54 @@ def test_cli_writes_pngs_with_one_panel_per_layer_head_or_pair(setup, tmp_path, 
         "correlation_outer.png": depth - 1,
     }
     printed = capsys.readouterr().out
+    assert printed.startswith(f"{workdir}: nested_tnt_cifar_patch8_32, checkpoint at step 1\n")
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     for name, panels in expected.items():
         with Image.open(out / name) as png:
             png.verify()
         assert f"{out / name} ({panels} panels)" in printed
+
+
+def test_layer_and_head_selection(setup, tmp_path, capsys):
+    workdir, image, _, _ = setup
+    out = tmp_path / "some"
+    assert visualize.main([f"--workdir={workdir}", f"--image={image}", f"--out={out}",
+                           "--layers=1,3", "--heads=2", "--query_word=16"]) == 0
+    printed = capsys.readouterr().out
+    # Two layers x one head; the pairs that start at a chosen layer and have a next one.
+    for name, panels in zip(PNGS, (2, 2, 1, 1)):
+        assert f"{out / name} ({panels} panels)" in printed
+    assert visualize.parse_selection("3,1-2,2", 4, "layers") == [2, 0, 1]
+    assert visualize.parse_selection("", 4, "layers") is None
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--layers=4", "it has 3 layers, numbered 1..3"),
+    ("--layers=2-x", "it has 3 layers"),
+    ("--heads=3", "it has 2 heads"),
+    ("--query_word=17", "query word 17 does not exist: a patch has 16 words"),
+])
+def test_bad_selection_is_one_paragraph_and_writes_nothing(setup, tmp_path, capsys, flag,
+                                                          message):
+    workdir, image, _, _ = setup
+    out = tmp_path / "none"
+    args = [f"--workdir={workdir}", f"--image={image}", f"--out={out}", flag]
+    with pytest.raises(SystemExit) as exit_:
+        visualize.main(args)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and not out.exists()
+
+
+def test_unreadable_image_is_an_error_on_stderr(setup, tmp_path, capsys):
+    workdir, _, _, _ = setup
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as exit_:
+        visualize.main([f"--workdir={workdir}", f"--image={bad}", f"--out={tmp_path / 'x'}"])
+    assert exit_.value.code == 2 and not (tmp_path / "x").exists()
+    assert capsys.readouterr().err.startswith(f"error: cannot read {str(bad)!r} as an image")
 
 
 def test_logits_per_layer_and_rows_sum_to_one(setup):
@@ -59,8 +105,20 @@ def test_logits_per_layer_and_rows_sum_to_one(setup):
         maps = visualize.word_maps(chains["inner"], grid, words, query=query)
         tiles = maps.reshape(*maps.shape[:2], grid, words, grid, words).sum((3, 5))
         np.testing.assert_allclose(tiles, 1.0, rtol=1e-5)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(errors.ConfigError, match="does not exist"):
         visualize.word_maps(chains["inner"], grid, words, query=words**2)
+
+
+def test_word_maps_put_each_patch_and_word_where_it_lies(setup):
+    """A patch's word attention lands in that patch's square, word (i, j) at row i, column j."""
+    _, _, run, chains = setup
+    model = run.model
+    grid = model.img_size // model.patch_size
+    words = models.layers.word_grid(model.patch_size, model.word_kernel, model.word_stride)
+    weights = visualize.softmax(chains["inner"][0])  # (patches, heads, query words, words)
+    maps = visualize.word_maps(chains["inner"][:1], grid, words, query=0)[0]
+    patch, word = grid + 1, words + 2  # patch (1, 1), word (1, 2)
+    np.testing.assert_allclose(maps[:, words + 1, words + 2], weights[patch, :, 0, word])
 
 
 def test_correlation_of_a_layer_with_itself_and_with_the_next(setup):
@@ -79,11 +137,13 @@ def test_correlation_of_a_layer_with_itself_and_with_the_next(setup):
                                rtol=1e-6)
 
 
-def test_render_vit_from_params_has_no_inner_figure(tmp_path):
-    model = models.create_model("vit_cifar_patch8_32", num_classes=10, embed_dim=16, depth=2,
-                                num_heads=2, mlp_ratio=1.0)
+@pytest.mark.parametrize("name", ["vit_cifar_patch8_32", "nested_vit_cifar_patch8_32"])
+def test_render_vit_and_nested_vit_have_no_inner_figure(tmp_path, name):
+    model = models.create_model(name, num_classes=10, embed_dim=16, depth=2, num_heads=2,
+                                mlp_ratio=1.0)
     params = random_params(model, 0)
     images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-    written = visualize.render(model, params, images, str(tmp_path))
+    picture = np.full((32, 32, 3), 0.5)
+    written = visualize.render(model, params, images, picture, str(tmp_path), heads=[1])
     assert {p.split("/")[-1]: n for p, n in written.items()} == {
-        "outer_attention.png": 4, "correlation_outer.png": 1}
+        "outer_attention.png": 2, "correlation_outer.png": 1}
