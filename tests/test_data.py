@@ -174,6 +174,45 @@ def test_cached_splits_give_the_same_batches(tmp_path):
             np.testing.assert_array_equal(x[key], y[key])
 
 
+def test_cached_flowers_keep_small_images_and_the_same_eval_batches(tmp_path):
+    """Varying-size images in memory: training ones shrunk to twice the host size (the crops
+    are cut from them), eval ones stored as their views, so eval batches are unchanged and
+    still count every image once."""
+    size = 8  # below the mock images' sizes, so that the training images are shrunk
+
+    def evals(cache_decoded):
+        return list(data.create_eval_batches(
+            "oxford_flowers102", "test", data_dir=str(tmp_path), global_batch_size=16,
+            host_image_size=size, cache_decoded=cache_decoded))
+
+    with mocked(37):
+        cached, read = evals(True), evals(False)
+        source = data.open_source("oxford_flowers102", "train", str(tmp_path))
+        train = data.create_train_iterator(
+            "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=8,
+            host_image_size=size, cache_decoded=True)
+        batch = next(train)
+    assert len(cached) == len(read) == 3
+    for x, y in zip(cached, read):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert sum(int(b["mask"].sum()) for b in cached) == 37
+    assert batch["image"].shape == (8, size, size, 3)
+    stored = pipeline.DecodedSource(source, functools.partial(
+        augment.shrink, short_side=pipeline.CACHED_TRAIN_SCALE * size))
+    for i in range(len(source)):
+        original, kept = source[i]["image"], stored[i]["image"]
+        assert min(kept.shape[:2]) == min(min(original.shape[:2]), 2 * size)
+        ratio = (original.shape[0] / original.shape[1]) / (kept.shape[0] / kept.shape[1])
+        assert abs(np.log(ratio)) < 0.2  # aspect kept (up to rounding of small sides)
+
+
+def test_shrink_only_ever_downscales():
+    image = np.random.default_rng(0).integers(0, 256, (40, 100, 3), np.uint8)
+    assert augment.shrink(image, 20).shape == (20, 50, 3)
+    assert augment.shrink(image, 40) is image and augment.shrink(image, 64) is image
+
+
 def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):
     """The global batch is the same records whatever the process count; epochs reshuffle."""
     with mocked():

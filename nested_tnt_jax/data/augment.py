@@ -29,6 +29,16 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
+def shrink(image: np.ndarray, short_side: int) -> np.ndarray:
+    """Bicubic downscale of a uint8 HWC image so that its shorter side is at most `short_side`
+    (aspect ratio kept); a smaller image is returned as it is."""
+    height, width = image.shape[:2]
+    if min(height, width) <= short_side:
+        return image
+    scale = short_side / min(height, width)
+    return resize(image, max(1, round(height * scale)), max(1, round(width * scale)))
+
+
 def pad_and_crop(image: np.ndarray, rng: np.random.Generator, pad: int) -> np.ndarray:
     """Zero-pads by `pad` pixels per side and takes a random crop of the original size."""
     if pad <= 0:

@@ -12,11 +12,12 @@ only the step to start from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -46,14 +47,18 @@ class TrainTransform(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform(grain.transforms.Map):
-    """Deterministic eval view; keeps `mask` (False on padding) and the example `index`."""
+    """Deterministic eval view; keeps `mask` (False on padding) and the example `index`.
+    `viewed`: the records already hold their eval views (`DecodedSource` made them)."""
 
     crop: str
     size: int
+    viewed: bool = False
 
     def map(self, element: dict[str, Any]):
+        image = element["image"]
         return {
-            "image": augment.eval_view(element["image"], crop=self.crop, size=self.size),
+            "image": image if self.viewed else augment.eval_view(image, crop=self.crop,
+                                                                  size=self.size),
             "label": np.int32(element["label"]),
             "mask": np.bool_(element["mask"]),
             "index": np.int32(element["index"]),
@@ -63,17 +68,18 @@ class EvalTransform(grain.transforms.Map):
 class DecodedSource:
     """A source read once into memory: every record decoded, its `image` and `label` kept.
 
-    On small images decoding is most of the host's work: a CIFAR record takes ~0.3 ms to read
-    and decode (PNG, through TFDS and PIL), and on a 2-core machine that work takes CPU time
-    from the training step. Read once up front (CIFAR-10's training split: ~17 s, ~150 MB),
-    the pipeline then feeds 2.2x more images per second (benchmarks/input_pipeline.py) and the
-    CPU CIFAR-10 run trains 14% faster (477 -> 542 img/s). Records, and so batches, are exactly
-    those of `source`. Each grain worker process, and each of several processes (which read
-    only their rows), holds a whole copy.
+    On small images decoding is most of the host's work, and on a 2-core machine that work
+    takes CPU time from the training step; read once up front, the pipeline feeds more images
+    per second (benchmarks/input_pipeline.py measures it). Records, and so batches, are
+    exactly those of `source`, unless `image_fn` maps each image as it is stored (how
+    `create_train_iterator` and `create_eval_batches` keep large images of varying size
+    small). Each grain worker process, and each of several processes (which read only their
+    rows), holds a whole copy.
     """
 
-    def __init__(self, source):
-        self._records = [{"image": r["image"], "label": r["label"]}
+    def __init__(self, source, image_fn: Callable[[np.ndarray], np.ndarray] | None = None):
+        image_fn = image_fn or (lambda image: image)
+        self._records = [{"image": image_fn(r["image"]), "label": r["label"]}
                          for r in map(source.__getitem__, range(len(source)))]
         self._name = repr(source)
 
@@ -196,14 +202,21 @@ def _loader(source, sampler, operations, worker_count, prefetch):
     )
 
 
-def _open(dataset: str, split: str, data_dir: str | None, cache_decoded: bool):
+# With `cache_decoded`, images of varying size (crop "random_resized") are kept in memory
+# smaller: training images with their shorter side at most this many times the host size
+# (random resized crops are then cut from them), eval images as their eval view.
+CACHED_TRAIN_SCALE = 2
+
+
+def _open(dataset: str, split: str, data_dir: str | None, cache_decoded: bool,
+          image_fn: Callable[[np.ndarray], np.ndarray] | None = None):
     source = open_source(dataset, split, data_dir)
     if not cache_decoded:
         return source
     logging.info("Reading %s %s (%d records) into memory (input.cache_decoded)...",
                  dataset, split, len(source))
     start = time.perf_counter()
-    source = DecodedSource(source)
+    source = DecodedSource(source, image_fn)
     logging.info("Read %s %s in %.1f s.", dataset, split, time.perf_counter() - start)
     return source
 
@@ -239,7 +252,8 @@ def create_train_iterator(
     gives the same batches; an iterator made with `start_step=k` yields what a fresh one
     yields from its `k`-th batch on (how a run resumes). `worker_count` > 0 augments in that
     many processes, each keeping `prefetch` batches ready. `cache_decoded` reads the split into
-    memory first (`DecodedSource`; for small-image datasets such as CIFAR).
+    memory first (`DecodedSource`; for CIFAR, and for random resized crops from images of
+    varying size, kept at `CACHED_TRAIN_SCALE` times the host size).
     `process_index`/`process_count` default to jax's (override them only to simulate hosts).
     """
     info = dataset_info(dataset)
@@ -247,7 +261,11 @@ def create_train_iterator(
     augment.check_crop(crop)
     index, count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, count)
-    source = _open(dataset, split or info.train_split, data_dir, cache_decoded)
+    shrink = None
+    if crop == "random_resized":
+        shrink = functools.partial(augment.shrink,
+                                   short_side=CACHED_TRAIN_SCALE * host_image_size)
+    source = _open(dataset, split or info.train_split, data_dir, cache_decoded, shrink)
     order = grain.samplers.IndexSampler(
         num_records=len(source), shuffle=True, num_epochs=None, seed=seed)
     sampler = GlobalBatchRows(order, global_batch_size=global_batch_size, process_index=index,
@@ -300,15 +318,19 @@ def create_eval_batches(
     records `[b * G, (b + 1) * G)` whatever the process count, and every process yields its
     rows of each: `num_steps` batches of `global_batch_size // process_count` with keys
     `image`, `label`, `mask` (bool, False on padding) and `index` (int32 position in the
-    split, -1 on padding). `cache_decoded`: as for `create_train_iterator`; each `for` loop
-    then reads memory only.
+    split, -1 on padding). `cache_decoded`: as for `create_train_iterator` (images of varying
+    size are stored as their eval views, so the batches are the same as without it); each
+    `for` loop then reads memory only.
     """
     info = dataset_info(dataset)
     crop = crop or info.crop
     augment.check_crop(crop)
     index, count = _process(process_index, process_count)
     local_batch = _local_batch_size(global_batch_size, count)
-    source = _open(dataset, split or info.eval_split, data_dir, cache_decoded)
+    viewed = cache_decoded and crop == "random_resized"
+    view = functools.partial(augment.eval_view, crop=crop, size=host_image_size)
+    source = _open(dataset, split or info.eval_split, data_dir, cache_decoded,
+                   view if viewed else None)
     num_examples = len(source)
     num_steps = math.ceil(num_examples / global_batch_size)
     # Whole turns of the workers (see `GlobalBatchRows`); batches past num_steps are padding.
@@ -320,7 +342,7 @@ def create_eval_batches(
         global_batch_size=global_batch_size, process_index=index, process_count=count,
         worker_count=worker_count, num_batches=loader_batches)
     operations = [
-        EvalTransform(crop=crop, size=host_image_size),
+        EvalTransform(crop=crop, size=host_image_size, viewed=viewed),
         grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
     ]
     loader = _loader(padded, sampler, operations, worker_count, prefetch)
