@@ -186,10 +186,11 @@ def _image_panel(ax, picture: np.ndarray) -> None:
 
 
 def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
-                  heads: Sequence[int], title: str, path: str,
+                  heads: Sequence[int], title: str, path: str, uniform: float,
                   borders: int | None = None) -> int:
     """Saves `maps` (rows, cols, h, w) laid over `picture` (H, W, 3 in [0, 1]), one panel per
-    (layer, head), the input image first and one colour scale with its colorbar.
+    (layer, head), the input image first and one colour scale (the maps' range) with its
+    colorbar, on which `uniform` (the weight of attention spread evenly) is marked.
 
     `layers` / `heads` are the 0-based indices the rows / columns show (titled from 1);
     `borders` draws patch borders every that many pixels. Returns the number of maps.
@@ -204,12 +205,13 @@ def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
     for ax in axes[1:, 0]:
         ax.axis("off")
     grey = picture @ np.array([0.299, 0.587, 0.114])
-    vmax = float(maps.max()) or 1.0
+    vmin, vmax = float(maps.min()), float(maps.max())
+    vmin, vmax = min(vmin, uniform), max(vmax, uniform, vmin + 1e-6)
     for r, layer in enumerate(layers):
         for c, head in enumerate(heads):
             ax = axes[r, c + 1]
             ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            shown = ax.imshow(maps[r, c], cmap=WEIGHT_CMAP, vmin=0.0, vmax=vmax,
+            shown = ax.imshow(maps[r, c], cmap=WEIGHT_CMAP, vmin=vmin, vmax=vmax,
                               alpha=OVERLAY_ALPHA, interpolation="nearest",
                               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             if borders:
@@ -225,7 +227,9 @@ def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
                 ax.set_title(f"head {head + 1}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"layer {layer + 1}", fontsize=8)
-    fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), shrink=0.8, label="attention weight")
+    bar = fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), shrink=0.8,
+                       label="attention weight (white line: spread evenly)")
+    bar.ax.axhline(uniform, color="white", linewidth=2)
     _title(fig, title, width_in)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -297,7 +301,8 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
     written[path] = plot_overlays(
         picture, pick(class_token_maps(chains["outer"], grid), "outer"), layers,
         chosen["outer"], f"Class-token {_chain_words(model, 'outer')}: the weight the class "
-        f"token gives each patch, per layer and head{suffix}", path)
+        f"token gives each patch, per layer and head{suffix}", path,
+        uniform=1.0 / (grid * grid + 1))
     if "inner" in chains:
         which = ("mean over its query words" if query is None
                  else f"from word {query + 1} of each patch")
@@ -306,7 +311,8 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
         written[path] = plot_overlays(
             picture, pick(maps, "inner"), layers, chosen["inner"],
             f"Inner attention: within each patch (white borders), the weight on each of its "
-            f"{words}x{words} words ({which}){suffix}", path, borders=model.patch_size)
+            f"{words}x{words} words ({which}){suffix}", path, uniform=1.0 / words**2,
+            borders=model.patch_size)
     for chain, logits in sorted(chains.items()):
         pairs = [l for l in layers if l + 1 < depth]
         if not pairs:
