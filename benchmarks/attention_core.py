@@ -9,16 +9,14 @@ Each case is `name:sequences:length:heads:head_dim`; the defaults are TNT-S's in
 (`nested_tnt_jax.xla_options`), checked against the first and timed forward and forward +
 backward (median of `--iters` calls, compilation excluded):
 
-- `ours einsum`, `ours heads_first`, `ours broadcast`: `attention.head_logits` and
-  `attention.attend` in each of their forms, logits heads first (h, b, q, k), the layout the
-  nested chain carries and the mixer reads; the last column marks the form `Attention` takes
-  on this backend for this head width (`attention.core_form`);
+- `ours einsum`, `ours heads_first`, `ours broadcast`: `cores.head_logits` and `cores.attend`
+  in each of their forms, logits heads first (h, b, q, k), the layout the nested chain carries
+  and the mixer reads; the last column marks the form `Attention` takes on this backend for
+  this head width under `--choice` (`cores.core_form`; "auto" by default, "by_width" for the
+  per-width rule off CPU);
 - `batch-heads first`: the same products with (b, h, q, d) operands, the usual layout;
 - `dot_product_attention xla` / `cudnn`: `jax.nn.dot_product_attention`; cuDNN's fused kernel
   is tried only on GPU, and takes only some shapes (a refusal is printed, not raised).
-
-On an H100 at batch 256 in bfloat16 this is how the numbers in README's performance section
-were found: the alternatives save at most ~0.8 ms of TNT-S's ~2 ms per inner layer.
 """
 
 from __future__ import annotations
@@ -30,8 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from nested_tnt_jax import xla_options
-from nested_tnt_jax.models.attention import (
-    CORE_FORMS, attend, choice_for_options, core_form, head_logits)
+from nested_tnt_jax.models.cores import CORE_FORMS, attend, core_form, head_logits
 from throughput import host_description, host_line, median_ms
 
 
@@ -57,14 +54,14 @@ VARIANTS = {
 }
 
 
-def run_case(case: str, dtype: str, iters: int) -> list[dict]:
+def run_case(case: str, dtype: str, iters: int, choice: str = "auto") -> list[dict]:
     name, *dims = case.split(":")
     shape = tuple(int(x) for x in dims)  # (sequences, length, heads, head_dim)
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, cotangent = (jax.random.normal(key, shape, jnp.dtype(dtype)) for key in keys)
     options = xla_options.step_compiler_options()
     reference = jax.jit(ours, compiler_options=options)(q, k, v).astype(jnp.float32)
-    model_variant = f"ours {core_form(choice_for_options('auto', options), shape[-1])}"
+    model_variant = f"ours {core_form(choice, shape[-1])}"
     rows = []
     for variant, core in VARIANTS.items():
         if variant.endswith("cudnn") and jax.default_backend() != "gpu":
@@ -92,9 +89,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--case", action="append", help="name:sequences:length:heads:head_dim (repeatable)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--choice", default="auto", choices=["auto", "by_width"],
+                        help="the attention_core whose forms the last column marks")
     args = parser.parse_args(argv)
     cases = args.case or [f"tnt_s_inner:{args.batch * 196}:16:4:6", f"tnt_s_outer:{args.batch}:197:6:64"]
-    rows = [row for case in cases for row in run_case(case, args.dtype, args.iters)]
+    rows = [row for case in cases for row in run_case(case, args.dtype, args.iters, args.choice)]
     print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, attention core only")
     print(host_line(host_description()))
     print("| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms "

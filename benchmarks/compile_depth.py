@@ -3,8 +3,8 @@
     python benchmarks/compile_depth.py --model=tnt_s_patch16_224 --depths 12 24
 
 An unrolled Python loop of blocks gives XLA a program that grows with depth, so compile time
-does too; `scan_blocks=True` compiles one block body whatever the depth (issue 6's target: a
-24-block model compiles in at most 1.3x the time of a 12-block one). Each model is built,
+does too; `scan_blocks=True` compiles one block body whatever the depth, so a 24-block model
+should compile in about the time of a 12-block one. Each model is built,
 lowered and compiled once, in this order, in one process; the ratios are against the
 shallowest depth of the same mode.
 """

@@ -1,14 +1,15 @@
-"""The nested-attention head mixer alone: unblocked against cache-blocked, forward + backward.
+"""The nested-attention head mixer alone: its forms side by side, forward and forward + backward.
 
     python benchmarks/mixer.py
-    python benchmarks/mixer.py --case tnt_s_inner:4:16:401408 --iters 20
+    python benchmarks/mixer.py --batch=256 --dtype=bfloat16 --case tnt_s_inner:4:16:12845056
 
 Each case is `name:heads:hidden:columns`, columns being batch x queries x keys of one layer's
 logits. The defaults are the inner and outer chains of the CPU CIFAR models at batch 64 and of
-Nested-TNT-S at 224 px, batch 8. Both variants are jitted in the same process with the
-trainer's XLA options (`nested_tnt_jax.xla_options`), timed alternately (median of `--iters`
-calls, compilation excluded), and checked to agree; the blocked one uses the block width
-`LogitMixer` picks on CPU.
+Nested-TNT-S at 224 px at `--batch` images. Every form of `mixer.MIXER_FORMS` (the blocked one
+with the block width `cores.mixer_form` gives on CPU) is jitted in the same process with the
+trainer's XLA options (`nested_tnt_jax.xla_options`), compared with the reference formula
+(the largest relative difference of any value or gradient over the forms), and timed alternately (median of `--iters` calls per round, median over `--rounds`,
+compilation excluded). The last column names the form `LogitMixer` takes on this backend.
 """
 
 from __future__ import annotations
@@ -21,68 +22,95 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_tnt_jax import xla_options
-from nested_tnt_jax.models.attention import CPU_BLOCK_ELEMENTS, mix_heads
+from nested_tnt_jax.models import cores
+from nested_tnt_jax.models.mixer import MIXER_FORMS, mix_heads
 from throughput import host_description, host_line, median_ms
 
-DEFAULT_CASES = (
+CPU_CASES = (
     "cifar_patch8_inner:2:8:262144",       # 64 images x 16 sentences x 16 x 16 words
     "cifar_patch8_word4_inner:2:8:16384",  # 64 x 16 x 4 x 4
     "cifar_outer:4:16:18496",              # 64 x 17 x 17
-    "tnt_s_inner:4:16:401408",             # 8 x 196 x 16 x 16
-    "tnt_s_outer:6:24:310472",             # 8 x 197 x 197
 )
 
 
-def _layers(heads: int, hidden: int) -> tuple:
+def default_cases(batch: int) -> list[str]:
+    """The CPU CIFAR models' mixers and Nested-TNT-S's at `batch` images."""
+    return [*CPU_CASES, f"tnt_s_inner:4:16:{batch * 196 * 16 * 16}",
+            f"tnt_s_outer:6:24:{batch * 197 * 197}"]
+
+
+def _layers(heads: int, hidden: int, dtype) -> tuple:
     keys = jax.random.split(jax.random.key(0), 6)
     widths = (heads, hidden, hidden, heads)
-    return tuple((jax.random.normal(keys[2 * i], (a, b)) / np.sqrt(a),
-                  jax.random.normal(keys[2 * i + 1], (b,)) * 0.1)
+    return tuple(((jax.random.normal(keys[2 * i], (a, b)) / np.sqrt(a)).astype(dtype),
+                  (jax.random.normal(keys[2 * i + 1], (b,)) * 0.1).astype(dtype))
                  for i, (a, b) in enumerate(zip(widths, widths[1:])))
 
 
-def run_case(case: str, iters: int, rounds: int) -> dict:
+def run_case(case: str, dtype: str, iters: int, rounds: int) -> dict:
     name, heads, hidden, columns = case.split(":")
     heads, hidden, columns = int(heads), int(hidden), int(columns)
-    layers = _layers(heads, hidden)
-    z = jax.random.normal(jax.random.key(1), (heads, columns))
-    cotangent = jax.random.normal(jax.random.key(2), (heads, columns))
-    block = CPU_BLOCK_ELEMENTS // hidden
+    dtype = jnp.dtype(dtype)
+    layers = _layers(heads, hidden, dtype)
+    z = jax.random.normal(jax.random.key(1), (heads, columns), dtype)
+    cotangent = jax.random.normal(jax.random.key(2), (heads, columns), dtype)
+    block = cores.mixer_form(hidden, "cpu")[1]
+    options = xla_options.step_compiler_options()
 
-    def forward_backward(block):
+    def forward(form):
+        return jax.jit(lambda layers, z, _: mix_heads(layers, z, form, block),
+                       compiler_options=options)
+
+    def forward_backward(form):
         def fn(layers, z, cotangent):
-            out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, block), layers, z)
+            out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, form, block), layers, z)
             return out, vjp(cotangent)
-        return jax.jit(fn, compiler_options=xla_options.step_compiler_options())
+        return jax.jit(fn, compiler_options=options)
 
-    variants = {"unblocked": forward_backward(0), "blocked": forward_backward(block)}
-    outputs = {k: jax.block_until_ready(f(layers, z, cotangent)) for k, f in variants.items()}
-    for got, want in zip(jax.tree.leaves(outputs["blocked"]), jax.tree.leaves(outputs["unblocked"])):
-        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(jnp.abs(want).max()))
+    variants = {(form, pass_): make(form) for form in MIXER_FORMS
+                for pass_, make in (("forward", forward), ("forward_backward", forward_backward))}
+    args = (layers, z, cotangent)
+    outputs = {k: jax.block_until_ready(f(*args)) for k, f in variants.items()}
+    # Every form against the reference: the largest difference of any value or gradient,
+    # relative to the largest magnitude of that output.
+    want = outputs["reference", "forward_backward"]
+    errors = {form: max(float(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)).max())
+                        / max(float(np.abs(np.asarray(w, np.float32)).max()), 1e-30)
+                        for g, w in zip(jax.tree.leaves(outputs[form, "forward_backward"]),
+                                        jax.tree.leaves(want)))
+              for form in MIXER_FORMS}
     ms = {k: [] for k in variants}
     for _ in range(rounds):
         for k, f in variants.items():
-            ms[k].append(median_ms(f, (layers, z, cotangent), iters))
-    ms = {k: statistics.median(v) for k, v in ms.items()}
+            ms[k].append(median_ms(f, args, iters))
+    ms = {f"{form}_{pass_}_ms": statistics.median(v) for (form, pass_), v in ms.items()}
     return dict(case=name, heads=heads, hidden=hidden, columns=columns,
-                blocked_path=columns >= 2 * block, **ms)
+                blocked_path=columns >= 2 * block, chosen=cores.mixer_form(hidden)[0],
+                max_error=max(errors.values()), **ms)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", action="append", help="name:heads:hidden:columns (repeatable)")
+    parser.add_argument("--batch", type=int, default=8, help="images, for the default TNT-S cases")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    rows = [run_case(c, args.iters, args.rounds) for c in (args.case or DEFAULT_CASES)]
-    print(f"device: {jax.devices()[0].device_kind}, float32, forward + backward of one mixer")
+    cases = args.case or default_cases(args.batch)
+    rows = [run_case(c, args.dtype, args.iters, args.rounds) for c in cases]
+    print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, one mixer, "
+          "ms forward / forward + backward")
     print(host_line(host_description()))
-    print("| case | heads -> hidden | columns | unblocked ms | blocked ms | speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| case | heads -> hidden | columns | " + " | ".join(MIXER_FORMS)
+          + " | max rel. diff | chosen here |")
+    print("|---|---|---:|" + "---:|" * len(MIXER_FORMS) + "---:|---|")
     for r in rows:
-        note = "" if r["blocked_path"] else " (too small: runs unblocked)"
-        print(f"| {r['case']}{note} | {r['heads']} -> {r['hidden']} | {r['columns']:,} | "
-              f"{r['unblocked']:.2f} | {r['blocked']:.2f} | {r['unblocked'] / r['blocked']:.2f}x |")
+        note = "" if r["blocked_path"] else " (too small to block)"
+        times = " | ".join(f"{r[f'{form}_forward_ms']:.2f} / {r[f'{form}_forward_backward_ms']:.2f}"
+                           for form in MIXER_FORMS)
+        print(f"| {r['case']}{note} | {r['heads']} -> {r['hidden']} | {r['columns']:,} | {times} "
+              f"| {r['max_error']:.1e} | {r['chosen']} |")
     return rows
 
 

@@ -13,9 +13,7 @@ threads overlapped; the split says which modules to make cheaper. A line gives h
 cannot save. On a GPU it counts the device's own events, so op time is GPU time. `--top-ops N`
 adds the N costliest single ops, `--override` profiles an ablation, `--xla-defaults` the step
 compiled without the trainer's XLA options, `--trace-dir` keeps the trace for TensorBoard or
-Perfetto.
-The README's breakdown of TNT-S's CPU training step was made this way, and so was the finding
-that the word embedding's conv backward took 32 of 179 ms of a bf16 TNT-S step on an H100:
+Perfetto. On an accelerator, for example:
 
     python benchmarks/profile_step.py --model=tnt_s_patch16_224 --batch=256 --dtype=bfloat16 --top-ops=40
 """

@@ -3,40 +3,45 @@
     python benchmarks/throughput.py --model=tnt_s_patch16_224 --batch=8 --vs-timm
     python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --baseline=tnt_s_patch16_224
 
-Measures, with compilation and warm-up excluded and every timed call blocked until ready:
-img/s of a training step (forward, backward, SGD update; state donated) and of inference,
-both compiled with the XLA options the trainer uses (`nested_tnt_jax.xla_options`), compile
-time, XLA's peak-memory estimate, parameters, GFLOPs per image (the forward's matrix products
-and convolutions, `matmul_flops`) and MFU against a matrix-product peak measured on the same
-device in the same process. `--vs-timm` runs timm's PyTorch model with the same
-architecture, batch and thread count (on a GPU: on CUDA, with JAX's memory preallocation capped
-at 45% to leave timm the rest), alternating rounds with ours so that both see the same machine
-state, and prints our/timm ratios. `--baseline` does the same against a second model of ours
-(e.g. the nesting overhead of Nested-TNT over TNT); `--override` changes fields of `--model`
-only, so one run prices one ablation against the baseline:
+Times the trainer's own steps (`JaxBench`): `steps.train_step` (on-device preprocessing,
+forward, backward, gradient clipping, the finiteness guard, the optimiser update; state
+donated) and `steps.eval_step`, with the paper setup's optimiser and augmentation, compiled
+with the trainer's XLA options (`nested_tnt_jax.xla_options`); so the training img/s here is
+the trainer's. Reports, with compilation and warm-up excluded and every timed call blocked
+until ready: img/s of training and evaluation, compile time, XLA's peak-memory estimate,
+parameters, GFLOPs per image (the forward's matrix products and convolutions, `matmul_flops`)
+and MFU against a matrix-product peak measured on the same device in the same process.
+
+`--vs-timm` runs timm's PyTorch model with the same architecture, batch and thread count (on a
+GPU: on CUDA, with JAX's memory preallocation capped at 45% to leave timm the rest), and
+`--vs-timm-compiled` the same under `torch.compile`, alternating rounds with ours so that all
+see the same machine state, and prints our/timm ratios. `--baseline` does the same against a
+second model of ours (e.g. the nesting overhead of Nested-TNT over TNT); `--override` changes
+fields of `--model` only, so one run prices one ablation against the baseline:
 
     python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
         --baseline=tnt_s_patch16_224
 
 and `--baseline-override` changes the baseline's, so the same model can be its own baseline
-(what the CPU attention core forms gain over the einsum everywhere):
+(what the attention core forms gain over the einsum everywhere):
 
     python benchmarks/throughput.py --model=tnt_s_patch16_224 --baseline=tnt_s_patch16_224 \
         --baseline-override=attention_core=einsum
 
-`--vs-xla-defaults` also runs `--model` compiled with XLA's default options (and so with the
-attention core a default compile gets, `models.compiled_with`), alternating, and prints what
-those options gain.
+`--vs-xla-defaults` also runs `--model` compiled with XLA's default options, alternating, and
+prints what the trainer's options gain.
 """
-
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import os
+import pathlib
 import platform
+import runpy
 import statistics
 import sys
 import time
@@ -45,10 +50,13 @@ from typing import Callable
 import jax
 import jax.extend
 import jax.numpy as jnp
-import numpy as np
-import optax
+import ml_collections
 
-from nested_tnt_jax import models, xla_options
+from nested_tnt_jax import data, models, optim, steps, xla_options
+
+# Normalisation of the benchmark's random uint8 images (ImageNet's statistics; any would do).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 def call_seconds(fn: Callable, args: tuple, iters: int) -> list[float]:
@@ -79,10 +87,9 @@ _VECTOR_UNITS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 def host_description(with_torch: bool = False) -> dict[str, object]:
     """The machine and software a table was measured on.
 
-    This project's 2-core CPU VMs differ from session to session: one had AVX2 only and ~93
-    GFLOP/s per core, a later one AVX-512 and AMX and ~150, and our ratios against timm moved
-    with them (TNT-S training 0.82x timm on the first, 0.65-0.70x on the second, same
-    command). A table without the machine's description cannot be compared with another.
+    CPUs of the same nominal size differ in vector units (AVX2, AVX-512, AMX) and so in
+    matrix-product rate, and ratios against timm move with them: a table without the machine's
+    description cannot be compared with another.
     """
     cpu, flags = platform.processor() or platform.machine(), set()
     try:
@@ -122,71 +129,81 @@ def matmul_peak_flops(dtype: str) -> float:
     return 2 * n**3 / min(call_seconds(matmul, (a,), 5))
 
 
+def _paper_setup() -> ml_collections.ConfigDict:
+    """The paper setup's config (`configs/common.py`: SGD with clipping, mixup, smoothing)."""
+    common = runpy.run_path(str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "common.py"))
+    config = common["base_config"]()
+    config.update_from_flattened_dict(
+        {k: v for k, v in common["PAPER"].items() if not k.startswith("model.")})
+    return config
+
+
 class JaxBench:
-    """Compiled training and inference steps of one of our models, ready to time."""
+    """The trainer's compiled training and evaluation steps for one of our models, ready to time.
+
+    `steps.train_step` and `steps.eval_step` with the paper setup's optimiser (gradient
+    clipping, weight decay, momentum) and preprocessing (uint8 images of `host_size` pixels
+    normalised and resized on device, label smoothing, mixup), on random data.
+    """
 
     def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
-                 xla_defaults: bool = False, **overrides):
-        """`xla_defaults` compiles without the options the trainer uses (`xla_options`), and
-        so with the attention core a default compile gets (`models.compiled_with`)."""
+                 xla_defaults: bool = False, host_size: int | None = None, **overrides):
+        """`xla_defaults` compiles without the options the trainer uses (`xla_options`)."""
         self.name = name
         self.batch = batch
         options = {} if xla_defaults else xla_options.step_compiler_options()
-        self.model = models.compiled_with(models.create_model(
-            name, num_classes=num_classes, img_size=img_size, dtype=dtype, **overrides), options)
+        self.model = models.create_model(
+            name, num_classes=num_classes, img_size=img_size, dtype=dtype, **overrides)
         size = self.model.img_size
+        config = _paper_setup()
         rng = jax.random.key(0)
-        self.images = jax.random.normal(rng, (batch, size, size, 3), jnp.float32)
-        self.labels = jax.random.randint(rng, (batch,), 0, num_classes)
-        variables = jax.jit(lambda: self.model.init(rng, self.images[:1], train=False))()
-        self.params = variables["params"]
+        image_key, label_key = jax.random.split(rng)
+        host_size = host_size or size
+        images = jax.random.randint(image_key, (batch, host_size, host_size, 3), 0, 256, jnp.int32)
+        self.batch_data = {"image": images.astype(jnp.uint8),
+                           "label": jax.random.randint(label_key, (batch,), 0, num_classes)}
+        self.eval_data = dict(self.batch_data, mask=jnp.ones((batch,), bool))
+        self.params = jax.jit(steps.init_params, static_argnums=0)(self.model, rng)
         self.num_params = sum(x.size for x in jax.tree.leaves(self.params))
-        self.tx = optax.sgd(0.01, momentum=0.9)
+        tx, schedule = optim.create_optimizer(config.optim, total_steps=10_000)
         # The training state is donated each step, so it must not share buffers with the
-        # parameters that inference reads.
-        self.state = (jax.tree.map(jnp.copy, self.params), self.tx.init(self.params))
+        # parameters that evaluation reads.
+        self.state = steps.create_train_state(
+            jax.tree.map(jnp.copy, self.params), tx, jax.random.PRNGKey(0))
+        augment = config.augment
 
-        def loss_fn(params, images, labels, key):
-            drop_key, noise_key = jax.random.split(key)
-            logits = self.model.apply(
-                {"params": params}, images, train=True, rngs={"dropout": drop_key, "noise": noise_key}
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        def preprocess(batch, rng, train):
+            return data.preprocess(
+                batch, rng, train=train, image_size=size, num_classes=num_classes,
+                mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha,
+                label_smoothing=augment.label_smoothing, mean=IMAGE_MEAN, std=IMAGE_STD)
 
-        def train_step(state, images, labels, key):
-            params, opt_state = state
-            grads = jax.grad(loss_fn)(params, images, labels, key)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        def infer(params, images):
-            return self.model.apply({"params": params}, images, train=False)
-
+        train_step = functools.partial(steps.train_step, model=self.model, tx=tx,
+                                       schedule=schedule, preprocess=preprocess)
+        eval_step = functools.partial(steps.eval_step, model=self.model, preprocess=preprocess)
         start = time.perf_counter()
         self.compiled_train = jax.jit(train_step, donate_argnums=0, compiler_options=options).lower(
-            self.state, self.images, self.labels, rng).compile()
+            self.state, self.batch_data).compile()
         self.train_compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        self.compiled_infer = jax.jit(infer, compiler_options=options).lower(
-            self.params, self.images).compile()
+        self.compiled_infer = jax.jit(eval_step, compiler_options=options).lower(
+            self.params, self.eval_data).compile()
         self.infer_compile_s = time.perf_counter() - start
-        self.gflops_per_image = matmul_flops(infer, self.params, self.images) / batch / 1e9
-        self.train_flops_per_step = matmul_flops(train_step, self.state, self.images, self.labels, rng)
+        self.gflops_per_image = matmul_flops(eval_step, self.params, self.eval_data) / batch / 1e9
+        self.train_flops_per_step = matmul_flops(train_step, self.state, self.batch_data)
         memory = self.compiled_train.memory_analysis()
         self.train_peak_mib = None if memory is None else (
             memory.argument_size_in_bytes + memory.output_size_in_bytes
             + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
-        self._key = rng
         self.train_step()  # warm-up
         self.infer_step()
 
     def train_step(self) -> None:
-        self._key, key = jax.random.split(self._key)
-        self.state = self.compiled_train(self.state, self.images, self.labels, key)
-        jax.block_until_ready(self.state)
+        self.state, step_metrics = self.compiled_train(self.state, self.batch_data)
+        jax.block_until_ready((self.state, step_metrics))
 
     def infer_step(self) -> None:
-        jax.block_until_ready(self.compiled_infer(self.params, self.images))
+        jax.block_until_ready(self.compiled_infer(self.params, self.eval_data))
 
 
 def matmul_flops(fn: Callable, *args) -> float:
@@ -252,10 +269,12 @@ class TimmBench:
     On a GPU backend timm runs on CUDA and each timed call ends with `torch.cuda.synchronize()`;
     on CPU it gets `threads` threads. `bfloat16` runs timm under `torch.autocast`, PyTorch's usual
     mixed precision (float32 parameters, bfloat16 matrix products), as ours keeps float32
-    parameters and computes in bfloat16.
+    parameters and computes in bfloat16. `compile_backend` runs the model under
+    `torch.compile(backend=...)` ("inductor": the PyTorch user's fastest choice), else eagerly.
     """
 
-    def __init__(self, module, batch: int, num_classes: int, threads: int, dtype: str = "float32"):
+    def __init__(self, module, batch: int, num_classes: int, threads: int, dtype: str = "float32",
+                 compile_backend: str | None = None):
         import torch  # optional: only the --vs-timm comparison needs PyTorch and timm
 
         torch.set_num_threads(threads)
@@ -270,8 +289,11 @@ class TimmBench:
         self.labels = torch.randint(0, num_classes, (batch,), device=self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.train_step()
-        self.infer_step()
+        self.forward = (torch.compile(self.model, backend=compile_backend) if compile_backend
+                        else self.model)
+        for _ in range(2 if compile_backend else 1):  # compiles (training and eval graphs)
+            self.train_step()
+            self.infer_step()
 
     def _autocast(self):
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bfloat16)
@@ -284,7 +306,7 @@ class TimmBench:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.torch.nn.functional.cross_entropy(self.model(self.images), self.labels)
+            loss = self.torch.nn.functional.cross_entropy(self.forward(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
         self._sync()
@@ -292,7 +314,7 @@ class TimmBench:
     def infer_step(self) -> None:
         self.model.eval()
         with self.torch.inference_mode(), self._autocast():
-            self.model(self.images)
+            self.forward(self.images)
         self._sync()
 
 
@@ -330,7 +352,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per round")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm")
+    parser.add_argument("--host-size", type=int, default=None,
+                        help="pixels of the uint8 images the step takes (default: the model's; "
+                             "the step resizes them on device, as the CIFAR paper setup does)")
     parser.add_argument("--vs-timm", action="store_true", help="also run timm's model, alternating")
+    parser.add_argument("--vs-timm-compiled", action="store_true",
+                        help="also run timm's model under torch.compile, alternating")
+    parser.add_argument("--timm-compile-backend", default="inductor",
+                        help="torch.compile backend for --vs-timm-compiled")
     parser.add_argument("--baseline", default=None, help="another of our models to compare against")
     parser.add_argument("--vs-xla-defaults", action="store_true",
                         help="also run --model compiled with XLA's default options, alternating")
@@ -341,34 +370,38 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a field of --baseline (repeatable), e.g. attention_core=einsum")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    if args.vs_timm:
+    with_torch = args.vs_timm or args.vs_timm_compiled
+    if with_torch:
         # On a GPU, JAX would otherwise reserve 75% of its memory at start-up and leave timm
         # too little; no effect on CPU or once JAX has started.
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
 
     overrides = dict(args.override)
     ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
-                    **overrides)
+                    host_size=args.host_size, **overrides)
     label = _label(args.model, overrides)
     benches = {label: ours}
     if args.baseline:
         baseline_overrides = dict(args.baseline_override)
         benches[_label(args.baseline, baseline_overrides)] = JaxBench(
             args.baseline, args.img_size, args.batch, args.dtype, args.num_classes,
-            **baseline_overrides)
+            host_size=args.host_size, **baseline_overrides)
     if args.vs_xla_defaults:
         benches[label + " (XLA defaults)"] = JaxBench(
             args.model, args.img_size, args.batch, args.dtype, args.num_classes, xla_defaults=True,
-            **overrides)
+            host_size=args.host_size, **overrides)
     if args.vs_timm:
         benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads, args.dtype)
+    if args.vs_timm_compiled:
+        benches["timm compiled"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads,
+                                             args.dtype, compile_backend=args.timm_compile_backend)
     train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
     infer = _alternate(benches, "infer_step", args.batch, args.rounds, args.iters)
     peak = matmul_peak_flops(args.dtype)
 
     rows = []
     for name, bench in benches.items():
-        row = {"model": name, "impl": "timm" if name == "timm" else "jax",
+        row = {"model": name, "impl": name if name.startswith("timm") else "jax",
                "train_img_s": train[name], "infer_img_s": infer[name], "params": bench.num_params}
         if isinstance(bench, JaxBench):
             row.update(
@@ -383,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    "infer": infer[label] / infer[name]}
               for name in benches if name != label}
     report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-              "host": host_description(with_torch=args.vs_timm),
+              "host": host_description(with_torch=with_torch),
               "batch": args.batch, "dtype": args.dtype, "img_size": ours.model.img_size,
               "matmul_peak_tflops": peak / 1e12, "rows": rows, "ratios": ratios}
     if args.json:
@@ -406,7 +439,7 @@ def _print_table(report: dict) -> None:
     print("| model | impl | train img/s | infer img/s | params | GFLOPs/img | compile s (train) | peak MiB (train) | MFU (train) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["rows"]:
-        extra = ("-", "-", "-", "-") if row["impl"] == "timm" else (
+        extra = ("-", "-", "-", "-") if row["impl"] != "jax" else (
             f"{row['gflops_per_image']:.2f}", f"{row['train_compile_s']:.1f}",
             "-" if row["train_peak_mib"] is None else f"{row['train_peak_mib']:.0f}",
             f"{row['train_mfu']:.1%}")

@@ -257,9 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     replicated = sharding.replicated_sharding(mesh)
     batch_sharding = sharding.data_sharding(mesh)
     compiler_options = xla_options.step_compiler_options()
-    step_model = models.compiled_with(model, compiler_options)  # same parameters
     train_fn = jax.jit(
-        functools.partial(steps.train_step, model=step_model, tx=tx, schedule=schedule,
+        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                           preprocess=preprocess, grad_accum_steps=config.optim.grad_accum_steps),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
@@ -267,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         compiler_options=compiler_options,
     )
     eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model=step_model, preprocess=preprocess),
+        functools.partial(steps.eval_step, model=model, preprocess=preprocess),
         in_shardings=(state_sharding.params, batch_sharding),
         out_shardings=replicated,
         compiler_options=compiler_options,

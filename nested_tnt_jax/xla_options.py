@@ -3,12 +3,11 @@
 On CPU, XLA hands dots, convolutions and also reductions to YNNPACK by default (its "library
 fusions"). A YNNPACK fusion takes whole arrays as operands, so every broadcast that feeds one
 is first written out in full: in TNT's training step, the mean and 1/std of each LayerNorm
-over 16- or 24-wide words, broadcast back to all words for the backward pass (45 such
-broadcasts in the CPU CIFAR model's step). With YNNPACK kept to dots and convolutions, XLA
-fuses those reductions with their broadcasts into its own loops: on a 2-core CPU the training
-step of TNT's 32 px models became 6-13% faster and that of TNT-S 2%, with 18-30% less memory,
-while inference and ViT stayed within the machine's spread (`python benchmarks/throughput.py
---model=M --vs-xla-defaults`; the figures are in README's performance section).
+over 16- or 24-wide words, broadcast back to all words for the backward pass, and the
+products of the broadcast attention core (`models.cores`). With YNNPACK kept to dots and
+convolutions, XLA fuses those reductions with their broadcasts into its own loops, which makes
+TNT's training step faster and smaller in memory (`python benchmarks/throughput.py --model=M
+--vs-xla-defaults`; figures in docs/performance.md).
 
 The option is passed per compilation (`jax.jit(..., compiler_options=...)`), not through
 `XLA_FLAGS`, so it touches only this project's steps, and a jaxlib that does not know it is

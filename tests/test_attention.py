@@ -1,12 +1,13 @@
-"""Nested multi-head attention: the logit chain, the mixer, the noise, and the gradient path."""
+"""Nested multi-head attention: the logit chain, the core forms and their choice, the noise,
+and the gradient path (the mixer's own forms: test_mixer.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_tnt_jax.models.attention import (
-    CORE_FORMS, CPU_BLOCK_ELEMENTS, Attention, LogitMixer, attend, core_form, head_logits, mix_heads)
+from nested_tnt_jax.models.attention import Attention, LogitMixer
+from nested_tnt_jax.models.cores import CORE_FORMS, attend, core_form, head_logits
 
 DIM, HEADS = 16, 4
 
@@ -75,15 +76,16 @@ def test_broadcast_form_keeps_bfloat16_and_tracks_float32():
     np.testing.assert_allclose(out.astype(jnp.float32), want, atol=0.05)
 
 
-def test_core_form_on_cpu_picks_by_head_width_and_unknown_forms_fail():
+def test_core_form_picks_by_backend_and_head_width_and_unknown_forms_fail():
     widths = (6, 8, 24, 32, 64)
-    # Without the trainer's XLA options, YNNPACK would materialise the broadcast products.
-    assert [core_form("auto", d) for d in widths] == [
-        "einsum", "einsum", "einsum", "heads_first", "heads_first"]
-    assert [core_form("auto_xla_options", d) for d in widths] == [
-        "broadcast", "broadcast", "einsum", "heads_first", "heads_first"]
-    assert [core_form(form, 6) for form in CORE_FORMS] == list(CORE_FORMS)
-    with pytest.raises(ValueError, match="Unknown attention_core 'bmm'.*auto_xla_options"):
+    by_width = ["broadcast", "broadcast", "einsum", "heads_first", "heads_first"]
+    assert [core_form("auto", d, "cpu") for d in widths] == by_width
+    assert [core_form("auto", d) for d in widths] == by_width  # this test runs on CPU
+    for accelerator in ("gpu", "tpu"):  # the per-width rule only when asked for
+        assert [core_form("auto", d, accelerator) for d in widths] == ["einsum"] * len(widths)
+        assert [core_form("by_width", d, accelerator) for d in widths] == by_width
+    assert [core_form(form, 6, "gpu") for form in CORE_FORMS] == list(CORE_FORMS)
+    with pytest.raises(ValueError, match="Unknown attention_core 'bmm'.*by_width"):
         core_form("bmm", 6)
     x = jnp.zeros((1, 2, 1, 4))
     with pytest.raises(ValueError, match="Unknown attention core form 'bmm'"):
@@ -113,86 +115,6 @@ def test_later_layer_adds_previous_logits_and_mixer(mixer):
         expected = z + LogitMixer(HEADS).apply({"params": params["mixer"]}, z)
         assert float(jnp.abs(expected - z).max()) > 1e-3  # the mixer does something
     np.testing.assert_allclose(logits, expected, atol=1e-5)
-
-
-def test_mixer_is_an_mlp_over_heads_with_xavier_init():
-    heads, ratio = 6, 4
-    mixer = LogitMixer(heads, ratio)
-    z = jax.random.normal(jax.random.key(0), (heads, 2, 7, 7))
-    params = mixer.init(jax.random.key(1), z)["params"]
-    shapes = {k: (v["kernel"].shape, v["bias"].shape) for k, v in params.items()}
-    h = heads * ratio
-    assert shapes == {"fc1": ((heads, h), (h,)), "fc2": ((h, h), (h,)), "fc3": ((h, heads), (heads,))}
-    for layer in params.values():
-        fan_in, fan_out = layer["kernel"].shape
-        bound = np.sqrt(6.0 / (fan_in + fan_out)) / np.sqrt(2.0)
-        assert float(jnp.abs(layer["kernel"]).max()) <= bound
-        assert float(jnp.abs(layer["kernel"]).max()) > 0.8 * bound
-        assert not np.any(layer["bias"])
-    # Position-wise over (query, key): permuting keys permutes the output the same way.
-    perm = np.array([3, 1, 0, 6, 2, 5, 4])
-    out = mixer.apply({"params": params}, z)
-    np.testing.assert_allclose(mixer.apply({"params": params}, z[..., perm]), out[..., perm],
-                               atol=1e-5)
-
-
-def _mixer_layers(heads: int, hidden: int, dtype=jnp.float32):
-    keys = jax.random.split(jax.random.key(5), 6)
-    widths = (heads, hidden, hidden, heads)
-    return tuple((jax.random.normal(keys[2 * i], (a, b)).astype(dtype) / np.sqrt(a),
-                  jax.random.normal(keys[2 * i + 1], (b,)).astype(dtype))
-                 for i, (a, b) in enumerate(zip(widths, widths[1:])))
-
-
-@pytest.mark.parametrize("n, block", [(1200, 300), (1001, 250), (1000, 600)])
-def test_blocked_mixer_matches_unblocked_values_and_gradients(n, block):
-    """The CPU path (column blocks, hand-written backward) against plain autodiff, including
-    a width that needs zero padding (1001) and one too small to block (1000 < 2 * 600)."""
-    heads, hidden = 3, 12
-    layers = _mixer_layers(heads, hidden)
-    z = jax.random.normal(jax.random.key(6), (heads, n)) * 3.0  # both LeakyReLU branches
-    cotangent = jax.random.normal(jax.random.key(7), (heads, n))
-
-    def value_and_grads(block):
-        out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, block), layers, z)
-        return out, vjp(cotangent)
-
-    plain, plain_grads = value_and_grads(0)
-    blocked, blocked_grads = jax.jit(value_and_grads, static_argnums=0)(block)
-    np.testing.assert_allclose(blocked, plain, rtol=1e-5, atol=1e-5)
-    for got, want in zip(jax.tree.leaves(blocked_grads), jax.tree.leaves(plain_grads)):
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
-    uses_scan = "scan" in str(jax.make_jaxpr(lambda z: mix_heads(layers, z, block))(z))
-    assert uses_scan == (n >= 2 * block)
-
-
-def test_logit_mixer_blocks_large_logits_on_cpu_with_unchanged_values():
-    heads, ratio = 2, 4
-    columns = 2 * CPU_BLOCK_ELEMENTS // (heads * ratio)  # the smallest size that is blocked
-    z = jax.random.normal(jax.random.key(0), (heads, 4, 16, columns // 64)) * 3.0
-    mixer = LogitMixer(heads, ratio)
-    params = mixer.init(jax.random.key(1), z[:, :1])["params"]
-    assert "scan" in str(jax.make_jaxpr(lambda z: mixer.apply({"params": params}, z))(z))
-    layers = tuple((params[f"fc{i}"]["kernel"], params[f"fc{i}"]["bias"]) for i in (1, 2, 3))
-    np.testing.assert_allclose(mixer.apply({"params": params}, z),
-                               mix_heads(layers, z.reshape(heads, -1)).reshape(z.shape),
-                               rtol=1e-5, atol=1e-5)
-
-
-def test_blocked_mixer_keeps_bfloat16_and_its_gradients_track_float32():
-    heads, hidden, n = 2, 8, 4096
-    layers32 = _mixer_layers(heads, hidden)
-    layers16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), layers32)
-    z = jax.random.normal(jax.random.key(6), (heads, n))
-    loss = lambda layers, block: jnp.sum(mix_heads(layers, z.astype(layers[0][0].dtype), block)  # noqa: E731
-                                         .astype(jnp.float32))
-    grads16 = jax.grad(loss)(layers16, 512)
-    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads16))
-    grads32 = jax.grad(loss)(layers32, 0)
-    for got, want in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads32)):
-        np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=0.05,
-                                   atol=0.02 * float(jnp.abs(want).max()))
 
 
 def test_noise_only_in_training_and_scaled():

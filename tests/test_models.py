@@ -10,7 +10,7 @@ import pytest
 
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models import (
-    compiled_with, create_model, list_models, model_config, params_to_loop, params_to_scan)
+    create_model, list_models, model_config, params_to_loop, params_to_scan)
 from nested_tnt_jax.models import layers
 from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
 
@@ -47,14 +47,14 @@ def test_registry_errors_are_clear():
         create_model("vit_small_patch16_224", nest_outer=True)
     with pytest.raises(ValueError, match="not divisible by the patch size 16"):
         create_model("tnt_s_patch16_224", img_size=200)
-    with pytest.raises(ValueError, match="Unknown attention_core 'flash'.*auto_xla_options"):
+    with pytest.raises(ValueError, match="Unknown attention_core 'flash'.*by_width"):
         create_model("vit_small_patch16_224", attention_core="flash")
 
 
 def test_the_trainers_attention_core_computes_the_same_model():
-    """The trainer's path (`compiled_with` its XLA options: on CPU, broadcast word attention
-    and heads-first outer attention) against the einsum everywhere: one training loss and
-    gradient from the same params. A choice the caller made is never replaced."""
+    """The trainer's path (the backend's forms under its XLA options: on CPU, broadcast word
+    attention and heads-first outer attention) against the einsum everywhere: one training
+    loss and gradient from the same params."""
     model = create_model(SMALL, num_classes=10, depth=2)  # the second block mixes the chain
     params = jax.jit(_init, static_argnums=0)(model)["params"]
     images, labels = _images(), jnp.array([3, 7])
@@ -67,11 +67,8 @@ def test_the_trainers_attention_core_computes_the_same_model():
         return jax.jit(jax.value_and_grad(loss), compiler_options=compiler_options)(params)
 
     einsum = model.clone(attention_core="einsum")
-    trainers = compiled_with(model, options)
-    assert trainers.attention_core == ("auto_xla_options" if options else "auto")
-    assert compiled_with(einsum, options).attention_core == "einsum"
     (got_loss, got_grads), (want_loss, want_grads) = (
-        loss_and_grads(trainers, options), loss_and_grads(einsum, {}))
+        loss_and_grads(model, options), loss_and_grads(einsum, {}))
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
                  got_grads, want_grads)

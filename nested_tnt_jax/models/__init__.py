@@ -3,8 +3,7 @@
 `create_model(name, num_classes=1000, img_size=None, **overrides)` returns a `flax.linen`
 module; `module.apply(variables, images_nhwc, train=..., rngs={"dropout": k1, "noise": k2})`
 returns float32 logits. Overrides are the module's fields (`drop_path_rate`, `nest_inner`,
-`dtype`, `scan_blocks`, `attention_core`, ...). A program compiled with the trainer's XLA
-options traces `compiled_with(module, options)` instead, whose attention core suits them.
+`dtype`, `scan_blocks`, `attention_core`, ...).
 """
 
 import dataclasses
@@ -13,13 +12,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from nested_tnt_jax.models.attention import check_core_choice, choice_for_options
+from nested_tnt_jax.models.cores import check_core_choice
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
 
-__all__ = ["compiled_with", "create_model", "list_models", "model_config", "params_to_loop",
-           "params_to_scan", "TNT", "ViT"]
+__all__ = ["create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
+           "TNT", "ViT"]
 
 _NESTED = dict(nest_inner=True, nest_outer=True)
 _NESTED_VIT = dict(nested=True)
@@ -110,14 +109,3 @@ def create_model(
             f"{module.patch_size}.")
     return module
 
-
-def compiled_with(module: nn.Module, compiler_options: dict[str, str]) -> nn.Module:
-    """`module` to trace for a program compiled with `compiler_options`.
-
-    The options are `xla_options.step_compiler_options()` or none; where they are set, an
-    `attention_core="auto"` becomes `"auto_xla_options"`, whose CPU attention core relies on
-    them (`attention.choice_for_options`, `attention.core_form`). Any other choice, and the
-    parameters, stay as they are.
-    """
-    choice = choice_for_options(module.attention_core, compiler_options)
-    return module if choice == module.attention_core else module.clone(attention_core=choice)
