@@ -8,14 +8,14 @@ goes on; orbax writes each step into a temporary directory and renames it when c
 killed save leaves no step behind (leftovers are removed at the next start). Restarting with
 the same workdir restores the newest checkpoint that reads back, resharded to the current
 mesh; a newer one that does not (a truncated or corrupted file) is moved to
-`workdir/unreadable_checkpoints/` with a warning. `init_from` takes only the parameters of
-another run (or of a timm checkpoint file) for fine-tuning.
+`workdir/unreadable_checkpoints/` with a warning. `read_params` reads the parameters of a
+run's checkpoint for another program (fine-tuning in `pretrained`, `predict`); `StopSignal`
+turns SIGTERM and Ctrl-C into a save and a clean stop.
 
-Nothing here unpickles: orbax stores arrays in its own format (OCDBT/Zarr) and JSON metadata;
-timm files are read by `nested_tnt_jax.convert` (safetensors, or `torch.load` with
-`weights_only=True`).
+Nothing here unpickles: orbax stores arrays in its own format (OCDBT/Zarr) and JSON metadata.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -23,31 +23,39 @@ import threading
 import time
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from nested_tnt_jax.errors import CheckpointError
 
 PyTree = Any
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"
-# Orbax's default on CPU/TPU slices every replicated array so that replicas share the writing;
-# each slice is a separately compiled op (hundreds per save for a model's parameter shapes).
-# Writing each shard once from its first replica is as fast here and compiles nothing.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-)
-# timm / PyTorch checkpoint files are converted by `nested_tnt_jax.convert`.
-TIMM_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".safetensors")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, written or used; the message names the path and what
-    to do (one paragraph, for the command line). A ValueError, as the `init_from` mismatch it
-    reports always was."""
+@functools.cache
+def _write_each_shard_once() -> None:
+    """Makes orbax write each shard of a jax.Array once, from its first replica.
+
+    Orbax's default on CPU/TPU slices every replicated array so that replicas share the
+    writing; each slice is a separately compiled op (hundreds per save for a model's
+    parameter shapes). Writing each shard once is as fast here and compiles nothing. Orbax
+    keeps this in a global registry and warns whenever an entry is replaced; done once, when
+    the first `Checkpointer` is made (not at import), with that warning held back, since it
+    is this program's choice and nothing a user did.
+    """
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+            override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _brief(error: BaseException, limit: int = 400) -> str:
@@ -82,6 +90,7 @@ class Checkpointer:
     """Periodic, asynchronous save and exact restore of a run in `workdir/checkpoints`."""
 
     def __init__(self, workdir: str, *, max_to_keep: int, asynchronous: bool = True):
+        _write_each_shard_once()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self._manager = ocp.CheckpointManager(
@@ -177,7 +186,8 @@ class Checkpointer:
 
 
 class StopSignal:
-    """Set when SIGTERM arrives; the loop checks it each step, saves, and exits.
+    """Set when SIGTERM or SIGINT (Ctrl-C) arrives; the loop checks it each step, saves, and
+    exits. A second signal stops the program at once (the default action of that signal).
 
     Installing a handler instead of dying lets a preempted job write a checkpoint at the
     current step. The previous handlers are restored by `uninstall()`. With several processes
@@ -186,7 +196,7 @@ class StopSignal:
     step even when the signal reaches only some of them.
     """
 
-    SIGNALS = (signal.SIGTERM,)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self._event = threading.Event()
@@ -199,7 +209,12 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame) -> None:
-        logging.warning("Received signal %d: saving a checkpoint, then stopping.", signum)
+        if self._event.is_set():  # The second one: stop now.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        logging.warning("Received %s: saving a checkpoint, then stopping (send it again to "
+                        "stop at once).", signal.Signals(signum).name)
         self._event.set()
 
     def is_set(self) -> bool:
@@ -211,16 +226,38 @@ class StopSignal:
         self._previous.clear()
 
 
-def load_run_params(path: str) -> PyTree:
-    """The params (host numpy) of the latest checkpoint of the run at `path` (workdir or
-    its checkpoints/ folder).
-
-    Raises FileNotFoundError when there is no complete checkpoint, CheckpointError when the
-    newest one cannot be read.
-    """
+def step_directory(path: str) -> tuple[str, int | None]:
+    """(checkpoints directory, step) for a run's workdir, its checkpoints/ folder or one step's
+    folder in it (`RUN/checkpoints/N`); the step is None unless the path names one."""
     directory = os.path.abspath(path)
+    name = os.path.basename(directory)
+    if name.isdigit() and os.path.basename(os.path.dirname(directory)) == CHECKPOINT_DIR:
+        return os.path.dirname(directory), int(name)
     if os.path.isdir(os.path.join(directory, CHECKPOINT_DIR)):
         directory = os.path.join(directory, CHECKPOINT_DIR)
+    return directory, None
+
+
+def complete_steps(path: str) -> list[int]:
+    """The finished checkpoint steps of the run at `path` (see `step_directory`)."""
+    return _complete_steps(step_directory(path)[0])
+
+
+def load_run_params(path: str, step: int | None = None) -> PyTree:
+    """The params (host numpy) of checkpoint `step` (None: the one `path` names, else the
+    latest) of the run at `path`; see `read_params`."""
+    return read_params(path, step)[0]
+
+
+def read_params(path: str, step: int | None = None) -> tuple[PyTree, int]:
+    """The params (host numpy) of a run's checkpoint, and its step.
+
+    `path` is a workdir or its checkpoints/ folder (checkpoint `step`, or the latest complete
+    one), or one step's folder, `RUN/checkpoints/N`. Raises FileNotFoundError when there is no
+    such complete checkpoint, CheckpointError when it cannot be read.
+    """
+    directory, named = step_directory(path)
+    step = named if step is None else step
     # The handler is named so that `item_metadata` can read the tree (shapes and dtypes) and
     # the restore target is host numpy: the other run's mesh, devices and process count (its
     # saved shardings) do not matter.
@@ -229,13 +266,15 @@ def load_run_params(path: str) -> PyTree:
         options=ocp.CheckpointManagerOptions(read_only=True),
     )
     try:
-        step = manager.latest_step()
-        if step is None:
+        complete = _complete_steps(directory)
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in complete:
+            what = "no complete checkpoint" + ("" if step is None else f" {step}")
+            listed = f" (complete steps: {', '.join(map(str, complete))})" if complete else ""
             raise FileNotFoundError(
-                f"config.init_from is {path!r}, but {directory} holds no complete checkpoint. "
-                "Point init_from at the workdir of a finished run (or its checkpoints/ folder), "
-                f"or at a timm checkpoint file ({', '.join(TIMM_SUFFIXES)})."
-            )
+                f"{path!r} holds {what}: {directory}{listed}. Point at the workdir of a run "
+                "that saved a checkpoint, its checkpoints/ folder, or one of its complete "
+                "steps (RUN/checkpoints/N).")
         try:
             metadata = manager.item_metadata(step)["state"]
             target = jax.tree_util.tree_map(
@@ -252,76 +291,4 @@ def load_run_params(path: str) -> PyTree:
     finally:
         manager.close()
     logging.info("Loaded the params of checkpoint %d of %s", step, directory)
-    return restored["params"]
-
-
-def load_pretrained(
-    init_from: str, model_name: str, image_size: int, abstract_params: PyTree
-) -> dict[str, np.ndarray]:
-    """The parameters `init_from` gives a model whose params look like `abstract_params`.
-
-    `init_from` is another run's workdir (orbax checkpoint) or a timm checkpoint file
-    (converted by `nested_tnt_jax.convert` for `model_name` at `image_size`, position
-    embeddings resampled; Nested-TNT's mixers, absent from timm, start fresh). Returns host
-    arrays by flattened name ("blocks_0/mlp/fc1/kernel"), ready for `overlay`, for every
-    parameter except the classifier `head` when its shape differs (another class count),
-    which keeps its fresh initialisation. `abstract_params` may be `jax.ShapeDtypeStruct`s,
-    so a mismatch is refused (CheckpointError) before anything is compiled or written.
-    """
-    if os.path.isfile(init_from) and init_from.endswith(TIMM_SUFFIXES):
-        from nested_tnt_jax import convert  # Only fine-tuning from timm needs torch.
-
-        try:
-            loaded = convert.timm_to_flax(
-                convert.load_checkpoint_file(init_from), model_name, img_size=image_size)
-        except Exception as e:  # safetensors, torch's weights-only loader and zip raise many types.
-            raise CheckpointError(
-                f"config.init_from {init_from!r} cannot be used for {model_name!r}: "
-                f"{_brief(e, 600)}. Pass a timm checkpoint of this model (safetensors, or a "
-                "PyTorch file of plain tensors: nothing else is unpickled).") from e
-    elif os.path.isdir(init_from):
-        loaded = load_run_params(init_from)
-    else:
-        raise FileNotFoundError(
-            f"config.init_from is {init_from!r}, which is neither a run's workdir nor a timm "
-            f"checkpoint file ({', '.join(TIMM_SUFFIXES)}). Fix the path, or set init_from='' "
-            "to train from scratch."
-        )
-    return match_pretrained(flax.core.unfreeze(loaded), abstract_params)
-
-
-def match_pretrained(loaded: PyTree, abstract: PyTree) -> dict[str, np.ndarray]:
-    """`loaded`'s leaf for each leaf of `abstract`, by name, cast to its dtype; a re-shaped
-    `head` is left out (see above) and any other gap is a CheckpointError."""
-    loaded_flat = flax.traverse_util.flatten_dict(loaded, sep="/")
-    abstract_flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract), sep="/")
-    taken, problems = {}, []
-    for name, leaf in abstract_flat.items():
-        old = loaded_flat.get(name)
-        if old is not None and np.shape(old) == np.shape(leaf):
-            taken[name] = np.asarray(old, dtype=leaf.dtype)
-        elif name.split("/")[0] == "head":
-            logging.info("init_from: new head parameter %s %s", name, np.shape(leaf))
-        else:
-            found = "missing" if old is None else f"shape {np.shape(old)}"
-            problems.append(f"{name} (model {np.shape(leaf)}, checkpoint {found})")
-    if problems:
-        raise CheckpointError(
-            "config.init_from does not match the model: "
-            + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else "")
-            + ". Only the classifier head may differ. Use the same model.name, image_size and "
-            "model.overrides (e.g. scan_blocks) as the run being loaded."
-        )
-    unused = sorted(set(loaded_flat) - set(abstract_flat))
-    if unused:
-        logging.warning("init_from: %d checkpoint parameters unused, e.g. %s", len(unused),
-                        unused[:4])
-    return taken
-
-
-def overlay(params: PyTree, taken: dict[str, Any]) -> PyTree:
-    """`params` with the leaves named in `taken` (from `load_pretrained`) replaced; traceable,
-    so the init can apply it inside `jax.jit` and create the parameters where they live."""
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    flat.update({name: jnp.asarray(value) for name, value in taken.items()})
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
+    return restored["params"], step

@@ -15,7 +15,42 @@ import jax
 import ml_collections
 import optax
 
+from nested_tnt_jax.errors import ConfigError, check_range
+
 OPTIMIZERS = ("sgd", "adamw")
+
+
+def check_config(optim: ml_collections.ConfigDict, total_steps: int | None = None) -> None:
+    """Raises ConfigError (naming the field) for an `optim` block that cannot train; with
+    `total_steps`, also a warmup that does not end before the run does (`check_warmup`)."""
+    if optim.name not in OPTIMIZERS:
+        raise ConfigError(
+            f"config.optim.name is {optim.name!r}, which is not a known optimiser. "
+            f"Set it to one of {', '.join(OPTIMIZERS)}.")
+    check_range("optim.learning_rate", optim.learning_rate, low=0,
+                hint="the peak of the schedule")
+    check_range("optim.momentum", optim.momentum, low=0, high=1, high_open=True,
+                hint="SGD's momentum; 0 for none")
+    check_range("optim.b1", optim.b1, low=0, high=1, high_open=True, hint="AdamW's beta1")
+    check_range("optim.b2", optim.b2, low=0, high=1, high_open=True, hint="AdamW's beta2")
+    check_range("optim.weight_decay", optim.weight_decay, low=0, hint="0 for none")
+    check_range("optim.warmup_steps", optim.warmup_steps, low=0, integer=True)
+    check_range("optim.grad_clip_norm", optim.grad_clip_norm, low=0,
+                hint="the global gradient norm to clip to; 0 for no clipping")
+    check_range("optim.grad_accum_steps", optim.grad_accum_steps, low=1, integer=True,
+                hint="micro-batches per step; 1 for no accumulation")
+    if total_steps is not None:
+        check_warmup(optim, total_steps)
+
+
+def check_warmup(optim: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Raises ConfigError unless the warmup ends before the last of `total_steps` steps."""
+    if optim.warmup_steps and optim.warmup_steps >= total_steps:
+        raise ConfigError(
+            f"config.optim.warmup_steps is {optim.warmup_steps}, not less than the run's "
+            f"{total_steps} steps, so the learning rate would never reach its peak and "
+            "decay. Set warmup_steps below the run's length (0 for no warmup), or lengthen "
+            "the run.")
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -56,11 +91,7 @@ def create_optimizer(
     the decay is added to the gradient before momentum (PyTorch's `SGD(weight_decay=)`, which
     the paper used); AdamW uses decoupled decay.
     """
-    if optim.name not in OPTIMIZERS:
-        raise ValueError(
-            f"config.optim.name is {optim.name!r}, which is not a known optimiser. "
-            f"Set it to one of {', '.join(OPTIMIZERS)}."
-        )
+    check_config(optim)
     schedule = learning_rate_schedule(optim, total_steps)
     parts = []
     if optim.grad_clip_norm and optim.grad_clip_norm > 0:

@@ -7,12 +7,15 @@ examples and `jax.make_array_from_process_local_data` stitches them into one glo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nested_tnt_jax.errors import ConfigError, check_range
 
 DATA_AXIS = "data"
 
@@ -61,6 +64,36 @@ def global_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
+
+
+def check_config(config: Any) -> None:
+    """Raises ConfigError (naming the field) unless `config.mesh.model_axis` divides the
+    devices and the batches split evenly over the processes and data-parallel devices (the
+    train batch also into `optim.grad_accum_steps` micro-batches). Before any compilation."""
+    devices, processes = jax.device_count(), jax.process_count()
+    model_axis = config.mesh.model_axis
+    check_range("mesh.model_axis", model_axis, low=1, integer=True,
+                hint="devices per parameter shard group; 1 replicates parameters")
+    if devices % model_axis:
+        raise ConfigError(
+            f"config.mesh.model_axis is {model_axis}, which does not divide the {devices} "
+            f"devices. Set it to a divisor of {devices} (1: replicated parameters).")
+    data_devices = devices // model_axis
+    accum = config.optim.grad_accum_steps
+    unit = math.lcm(data_devices, processes) * accum
+    batch = config.batch_size
+    if not isinstance(batch, int) or batch <= 0 or batch % unit:
+        raise ConfigError(
+            f"config.batch_size is {batch}, which does not split into {accum} "
+            f"micro-batch(es) over {data_devices} data-parallel device(s) and {processes} "
+            f"process(es): it must be a positive multiple of {unit}. Set batch_size to e.g. "
+            f"{max(1, round(batch / unit)) * unit}.")
+    eval_unit = math.lcm(data_devices, processes)
+    eval_batch = config.eval_batch_size
+    if not isinstance(eval_batch, int) or eval_batch < 0 or (eval_batch or batch) % eval_unit:
+        raise ConfigError(
+            f"config.eval_batch_size is {eval_batch} (0 means batch_size), which must be a "
+            f"multiple of {eval_unit} (the data-parallel devices and processes).")
 
 
 # Parameter sharding (train side). A second mesh axis `model` lets large models shard their

@@ -1,11 +1,16 @@
-"""The training loop: validate, init or restore, step, log, checkpoint, evaluate, report.
+"""The training loop: validate, lock, check, init or restore, step, log, checkpoint, report.
 
 `train_and_evaluate(config, workdir)` is the library entry point (`main.py` only parses flags).
-The config is checked before any compilation, data loading or write to `workdir`, so a
-mistake costs seconds and leaves nothing behind.
+Before any compilation or write to `workdir`, the config is checked (`validate_config`, each
+rule by the module that owns its fields), the workdir is locked for this trainer
+(`workdir.Lock`), a resumed run's config is compared with the one it started with
+(`workdir.check_resume`), and every split the run reads is read end to end
+(`data.integrity`); so a mistake costs seconds and leaves nothing behind. A finished run is
+left as it is.
 """
 
 import functools
+import json
 import logging
 import math
 import os
@@ -16,32 +21,25 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from nested_tnt_jax import checkpointing, data, metrics, models, optim, sharding, steps, xla_options
+from nested_tnt_jax import (checkpointing, data, metrics, models, optim, pretrained, sharding,
+                            steps, xla_options)
+from nested_tnt_jax import workdir as workdir_lib
+from nested_tnt_jax.data import augment, integrity, pipeline
+from nested_tnt_jax.errors import ConfigError, RunError, check_range
 
 PyTree = Any
-
-
-class ConfigError(ValueError):
-    """A config the run refuses before doing any work; the message says what to change."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on for a reason outside the program; the message says what to do."""
-
-
-# Failures whose message is the whole explanation (bad data_dir, unwritable workdir or
-# checkpoint, divergence): `main.py` prints them as one paragraph, without a traceback.
-RUN_ERRORS = (RunError, checkpointing.CheckpointError, FloatingPointError, OSError)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError (one paragraph naming the field) for a config that cannot run.
 
-    Checked: known model and dataset, image_size a multiple of the model's patch size, model
-    overrides accepted by the model, batch sizes divisible over devices (and micro-batches),
-    mesh.model_axis dividing the devices, optimiser and crop names, a positive length, an
-    existing init_from. Unknown keys never get here: the locked ConfigDict refuses them.
+    Each rule lives with the module that uses the fields: the model registry (name and
+    overrides), `optim.check_config`, `augment.check_config`, `pipeline.check_input_config`,
+    `sharding.check_config` (mesh and batch divisibility); the run's own fields (length,
+    seed, image size, frequencies, init_from) are checked here. Unknown keys never get here:
+    the locked ConfigDict refuses them. Nothing is compiled, read or written.
     """
     def fail(message: str) -> None:
         raise ConfigError(message)
@@ -56,44 +54,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         model = models.create_model(config.model.name, **config.model.overrides.to_dict())
     except (ValueError, TypeError) as e:
         fail(f"config.model.overrides is not accepted by {config.model.name!r}: {e}")
-    if config.image_size <= 0 or config.image_size % model.patch_size:
+    check_range("image_size", config.image_size, low=1, integer=True)
+    if config.image_size % model.patch_size:
         fail(f"config.image_size is {config.image_size}, which is not a positive multiple of "
              f"the patch size {model.patch_size} of {config.model.name!r}. Set image_size to a "
-             f"multiple of {model.patch_size} (e.g. {max(1, config.image_size // model.patch_size) * model.patch_size}).")
-    devices = jax.device_count()
-    if config.mesh.model_axis < 1 or devices % config.mesh.model_axis:
-        fail(f"config.mesh.model_axis is {config.mesh.model_axis}, which does not divide the "
-             f"{devices} devices. Set it to a divisor of {devices} (1: replicated parameters).")
-    data_devices = devices // config.mesh.model_axis
-    accum = config.optim.grad_accum_steps
-    if accum < 1:
-        fail(f"config.optim.grad_accum_steps is {accum}; set it to 1 (no accumulation) or more.")
-    unit = math.lcm(data_devices, jax.process_count()) * accum
-    if config.batch_size <= 0 or config.batch_size % unit:
-        fail(f"config.batch_size is {config.batch_size}, which does not split into "
-             f"{accum} micro-batch(es) over {data_devices} data-parallel device(s) and "
-             f"{jax.process_count()} process(es): it must be a positive multiple of {unit}. "
-             f"Set batch_size to e.g. {max(1, round(config.batch_size / unit)) * unit}.")
-    eval_unit = math.lcm(data_devices, jax.process_count())
-    if config.eval_batch_size < 0 or _eval_batch_size(config) % eval_unit:
-        fail(f"config.eval_batch_size is {config.eval_batch_size} (0 means batch_size), which "
-             f"must be a multiple of {eval_unit} (the data-parallel devices and processes).")
-    if config.optim.name not in optim.OPTIMIZERS:
-        fail(f"config.optim.name is {config.optim.name!r}; use one of "
-             f"{', '.join(optim.OPTIMIZERS)}.")
-    if config.augment.crop not in ("pad", "random_resized"):
-        fail(f"config.augment.crop is {config.augment.crop!r}; use 'pad' (CIFAR pad-and-crop) "
-             "or 'random_resized' (random resized crop).")
-    if config.num_train_steps <= 0 and config.num_epochs <= 0:
-        fail("Both config.num_train_steps and config.num_epochs are <= 0, so the run has no "
-             "length. Set num_epochs > 0, or num_train_steps > 0 (which overrides epochs).")
-    for field in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps"):
-        if config[field] <= 0:
-            fail(f"config.{field} is {config[field]}; set it to a positive number of steps.")
+             f"multiple of {model.patch_size} (e.g. "
+             f"{max(1, config.image_size // model.patch_size) * model.patch_size}).")
+    if config.num_train_steps != -1:
+        check_range("num_train_steps", config.num_train_steps, low=1, integer=True,
+                    hint="or -1 to take the length from num_epochs")
+    check_range("num_epochs", config.num_epochs, low=0, low_open=True,
+                hint="the run's length when num_train_steps is -1")
+    check_range("seed", config.seed, low=0, high=2**31 - 1, integer=True)
+    for field in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps",
+                  "max_checkpoints_to_keep"):
+        check_range(field, config[field], low=1, integer=True)
+    optim.check_config(config.optim,
+                       config.num_train_steps if config.num_train_steps > 0 else None)
+    augment.check_config(config.augment)
+    pipeline.check_input_config(config.input)
+    sharding.check_config(config)
     if config.init_from and not os.path.exists(config.init_from):
         fail(f"config.init_from is {config.init_from!r}, which does not exist. Point it at a "
-             "finished run's workdir or a timm checkpoint file, or set it to '' to train "
-             "from scratch.")
+             "finished run's workdir (or one of its checkpoints, RUN/checkpoints/N) or a timm "
+             "checkpoint file, or set it to '' to train from scratch.")
 
 
 def _eval_batch_size(config: ml_collections.ConfigDict) -> int:
@@ -167,38 +151,102 @@ def _check_finite(history: list[tuple[int, dict]]) -> None:
                 )
 
 
-def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Creates `workdir` and writes `config.json` (process 0).
+def _workdir_error(workdir: str, error: OSError) -> RunError:
+    return RunError(
+        f"The workdir {workdir!r} cannot be written ({error.strerror or error}). Pass a "
+        "--workdir that you can write to, or fix its permissions or free disk space.")
+
+
+def _lock(workdir: str) -> workdir_lib.Lock:
+    """The workdir's lock, taken by process 0 (every process learns whether it was)."""
+    lock = workdir_lib.Lock(workdir)
+    error = None
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except ConfigError as e:
+            error = e
+        except OSError as e:
+            error = _workdir_error(workdir, e)
+    if jax.process_count() > 1:
+        taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not taken and error is None:
+            error = ConfigError(f"Process 0 could not take the lock of the workdir {workdir!r} "
+                                "(its message says why); nothing was done.")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
+                     init_record: dict | None) -> None:
+    """Writes `config.json` (process 0), with what `init_from` loaded.
 
     This is the run's first write, made after every check that can refuse the config or the
     data, so that a refused run leaves nothing behind; and it comes before any compilation, so
     that an unwritable workdir fails in seconds.
     """
     try:
-        os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
-            metrics.write_config_file(workdir, config)
+            metrics.write_config_file(
+                workdir, config, {workdir_lib.INIT_RECORD: init_record} if init_record else None)
     except OSError as e:
-        raise RunError(
-            f"The workdir {workdir!r} cannot be written ({e.strerror or e}). Pass a --workdir "
-            "that you can write to, or fix its permissions or free disk space.") from e
+        raise _workdir_error(workdir, e) from e
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+def _finished(workdir: str) -> dict | None:
+    """The results of a run that finished in `workdir`, else None."""
+    path = os.path.join(workdir, metrics.RESULTS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       reevaluate: bool = False) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests.
 
-    Returns the results dict also written to `workdir/results.json`, or None when a SIGTERM
-    stopped the run (after saving a checkpoint to resume from). Errors that explain themselves
-    are `RUN_ERRORS` (and ConfigError, raised before anything is read or written).
+    Returns the results dict also written to `workdir/results.json`, or None when a signal
+    stopped the run (after saving a checkpoint to resume from). A workdir whose run finished
+    is left untouched and its results are returned; `reevaluate` then evaluates its final
+    checkpoint on the validation and test splits and returns those numbers, writing nothing.
+    Errors that explain themselves are `errors.EXPLAINED`; `ConfigError`s are raised before
+    anything is read or written.
     """
     validate_config(config)
     wall_start = time.time()
-    info = data.dataset_info(config.dataset.name)
+    lock = _lock(workdir)
+    try:
+        return _train_and_evaluate(config, workdir, lock, reevaluate, wall_start)
+    finally:
+        lock.undo()  # Removes what the lock created, unless the run wrote (`lock.keep`).
+
+
+def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
+    workdir_lib.check_resume(workdir, config)
+    finished = _finished(workdir)
+    if finished is not None and not reevaluate:
+        logging.info(
+            "The run in %s already finished at step %s (test top-1 %.1f%%, %s). Its results, "
+            "history and events are left as they are; pass --reevaluate to evaluate its final "
+            "checkpoint again (nothing is written). A longer run needs a new --workdir "
+            "(optionally --config.init_from=%s).", workdir, finished.get("steps"),
+            100 * finished.get("test_top1", float("nan")),
+            os.path.join(workdir, metrics.RESULTS_FILE), workdir)
+        return finished
+    ds = config.dataset
+    info = data.dataset_info(ds.name)
+    sizes = {}
+    for role, field in (("train", "train_split"), ("validation", "eval_split"),
+                        ("test", "test_split")):
+        sizes[role] = integrity.check_split(ds.name, ds[field], ds.data_dir,
+                                            f"dataset.{field}")
+    total_steps = num_train_steps(config, sizes["train"])
+    optim.check_warmup(config.optim, total_steps)
     mesh = sharding.create_train_mesh(config.mesh.model_axis)
     model = models.create_model(config.model.name, num_classes=info.num_classes,
                                 img_size=config.image_size, **config.model.overrides.to_dict())
-    ds = config.dataset
-    total_steps = num_train_steps(config, data.split_size(ds.name, ds.train_split, ds.data_dir))
     tx, schedule = optim.create_optimizer(config.optim, total_steps)
 
     def eval_batches(split: str) -> data.EvalBatches:
@@ -212,22 +260,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Shapes and shardings come from an abstract init; the real init is jitted with those
     # out_shardings, so parameters are created directly where they live (pre-trained ones
     # included: `overlay` runs inside the jit, on every process alike).
-    def init_state(pretrained):
+    def init_state(taken):
         params_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
         params = steps.init_params(model, params_rng)
-        if pretrained:
-            params = checkpointing.overlay(params, pretrained)
+        if taken:
+            params = pretrained.overlay(params, taken)
         return steps.create_train_state(params, tx, state_rng)
 
     abstract = jax.eval_shape(init_state, None)
     state_sharding = _state_shardings(abstract, mesh)
-    pretrained = None
+    taken, init_record = None, (workdir_lib.read_config(workdir) or {}).get(
+        workdir_lib.INIT_RECORD)
     if config.init_from and not checkpointing.has_checkpoints(workdir):
-        pretrained = checkpointing.load_pretrained(
+        taken, init_record = pretrained.load(
             config.init_from, config.model.name, config.image_size, abstract.params)
-    _prepare_workdir(workdir, config)
-    reporter = metrics.Reporter(workdir, total_steps, config.log_every_steps)
-    reporter.write_config(config)
+    if finished is None:
+        _prepare_workdir(workdir, config, init_record)
+        lock.keep()
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
     try:
         state = checkpointer.restore(jax.tree.map(
@@ -236,15 +285,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except checkpointing.CheckpointError:
         checkpointer.close()
         raise
-    if state is not None:
-        logging.info("Resumed from step %d of %s", int(state.step), checkpointer.directory)
-    else:
-        state = jax.jit(init_state, out_shardings=state_sharding)(pretrained)
+    resumed = state is not None
+    if not resumed:
+        state = jax.jit(init_state, out_shardings=state_sharding)(taken)
     start_step = int(state.step)
+
+    preprocess = _preprocess_fn(config, info)
+    replicated = sharding.replicated_sharding(mesh)
+    batch_sharding = sharding.data_sharding(mesh)
+    compiler_options = xla_options.step_compiler_options()
+    eval_fn = jax.jit(
+        functools.partial(steps.eval_step, model=model, preprocess=preprocess),
+        in_shardings=(state_sharding.params, batch_sharding),
+        out_shardings=replicated,
+        compiler_options=compiler_options,
+    )
+    if finished is not None:  # --reevaluate: numbers to the terminal, nothing written.
+        checkpointer.close()
+        numbers = {}
+        for split, name in ((ds.eval_split, "eval"), (ds.test_split, "test")):
+            numbers[name] = evaluate(eval_fn, state.params, eval_batches(split), mesh)
+            logging.info("Re-evaluated: %s", metrics.eval_line(start_step, name, numbers[name]))
+        return {"step": start_step, **numbers}
+
     # With several processes, tells jax's preemption protocol where the run starts, so that a
     # SIGTERM that arrives while the steps compile stops the run at its first step.
     checkpointer.reached_preemption(start_step)
+    reporter = metrics.Reporter(workdir, total_steps, config.log_every_steps,
+                                config.batch_size, start_step=start_step)
+    reporter.write_config(config)
     num_params = reporter.log_parameters(state.params)
+    epochs = total_steps * config.batch_size / sizes["train"]
+    reporter.log_start({
+        "model": f"{config.model.name}, {num_params:,} parameters (table: "
+                 f"{os.path.join(workdir, metrics.PARAMETERS_FILE)})",
+        "dataset": f"{ds.name}: train {ds.train_split!r} {sizes['train']:,}, validation "
+                   f"{ds.eval_split!r} {sizes['validation']:,}, test {ds.test_split!r} "
+                   f"{sizes['test']:,} images",
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform} "
+                   f"({jax.process_count()} process(es))",
+        "workdir": workdir,
+        "run": (f"resumed from step {start_step} of {total_steps}" if resumed else
+                f"fresh, {total_steps:,} steps of batch {config.batch_size} "
+                f"({epochs:.1f} epochs)")
+               + (f", from {init_record['path']}" + (f" step {init_record['step']}"
+                  if init_record.get("step") is not None else "") if init_record else ""),
+    })
     train_iter = data.create_train_iterator(
         ds.name, ds.train_split, data_dir=ds.data_dir, global_batch_size=config.batch_size,
         host_image_size=_host_image_size(config), seed=config.seed, crop=config.augment.crop,
@@ -252,23 +338,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         worker_count=config.input.worker_count, prefetch=config.input.prefetch,
         cache_decoded=config.input.cache_decoded, start_step=start_step,
     )
-
-    preprocess = _preprocess_fn(config, info)
-    replicated = sharding.replicated_sharding(mesh)
-    batch_sharding = sharding.data_sharding(mesh)
-    compiler_options = xla_options.step_compiler_options()
     train_fn = jax.jit(
         functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                           preprocess=preprocess, grad_accum_steps=config.optim.grad_accum_steps),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
-        compiler_options=compiler_options,
-    )
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model=model, preprocess=preprocess),
-        in_shardings=(state_sharding.params, batch_sharding),
-        out_shardings=replicated,
         compiler_options=compiler_options,
     )
     validation = eval_batches(ds.eval_split)
@@ -286,12 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     {"image": host["image"], "label": host["label"]}, mesh)
                 state, step_metrics = train_fn(state, batch)
             pending.append((step, step_metrics))
-            reporter.progress(step)
             if timer is None:  # The first step of a session compiles: not timed.
                 jax.block_until_ready(state)
                 timer = time.perf_counter()
+                reporter.started(step)
             else:
                 timed_steps += 1
+            reporter.step_done(step)
 
             preempted = stop.is_set() or checkpointer.reached_preemption(step)
             is_last = step == total_steps
@@ -304,8 +380,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 pending.clear()
                 _check_finite(values)
                 if do_log:
-                    reporter.write_train(step, {
-                        k: float(np.mean([v[k] for _, v in values])) for k in values[-1][1]})
+                    means = {k: float(np.mean([v[k] for _, v in values])) for k in values[-1][1]}
+                    means["learning_rate"] = values[-1][1]["learning_rate"]
+                    reporter.write_train(step, means)
             if do_eval or do_save:
                 jax.block_until_ready(state)
                 timed_seconds += time.perf_counter() - timer
@@ -313,11 +390,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     checkpointer.save(state, step)
                     last_saved = step
                 if do_eval:
+                    started = time.perf_counter()
                     reporter.write_eval(step, "eval", evaluate(eval_fn, state.params, validation,
                                                                mesh))
+                    reporter.exclude(time.perf_counter() - started)
                 timer = time.perf_counter()
             if preempted:
-                logging.warning("Stopped at step %d on request; checkpoint saved.", step)
+                logging.warning("Stopped at step %d on request; checkpoint saved. Run the same "
+                                "command again to resume.", step)
                 break
         if timer is not None and not preempted:
             jax.block_until_ready(state)
@@ -348,8 +428,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "model": config.model.name,
         "dataset": ds.name,
         "devices": jax.device_count(),
+        "init_from": init_record,
     }
     reporter.write_results(results)
     reporter.close()
-    logging.info("Results: %s", results)
+    logging.info("Finished in %s: test top-1 %.2f%%, top-5 %.2f%% on %s images; results in %s",
+                 metrics._duration(results["wall_time_s"]), 100 * test["top1"],
+                 100 * test["top5"], f"{test['examples']:,}",
+                 os.path.join(workdir, metrics.RESULTS_FILE))
     return results

@@ -125,19 +125,56 @@ def shared_run(tmp_path_factory, name: str, make: Callable[[pathlib.Path], None]
 
 
 def reference_run(tmp_path_factory) -> pathlib.Path:
-    """The workdir of the uninterrupted run: 1 process, 8 devices."""
+    """The workdir of the uninterrupted run: 1 process, 8 devices, at the default verbosity
+    and without compile logging, as a user runs it; its stderr is `reference_log`."""
 
     def make(workdir):
-        proc = run(command(workdir), environment(tmp_path_factory))
+        env = environment(tmp_path_factory)
+        del env["JAX_LOG_COMPILES"]
+        proc = run(command(workdir), env)
         assert proc.returncode == 0, proc.stderr[-4000:]
+        reference_log(workdir).write_text(proc.stderr)
 
     return shared_run(tmp_path_factory, "cli_reference", make)
 
 
-def copy_checkpoints(source, workdir, steps: list[int] | None = None) -> pathlib.Path:
-    """A fresh `workdir` holding `source`'s checkpoints (only `steps`, if given)."""
+def reference_log(reference: pathlib.Path) -> pathlib.Path:
+    """The terminal output (stderr) of the reference run."""
+    return reference.with_name(reference.name + ".stderr")
+
+
+def copy_run(source, workdir) -> pathlib.Path:
+    """A copy of the whole run in `source` (checkpoints, config, history, results, events)."""
+    shutil.copytree(source, workdir, symlinks=True)
+    return pathlib.Path(workdir)
+
+
+def snapshot(workdir) -> dict[str, bytes]:
+    """Every file under `workdir` by relative path, with its contents."""
+    root = pathlib.Path(workdir)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def hold_lock(workdir) -> subprocess.Popen:
+    """Another process that holds `workdir`'s trainer lock (as a running trainer does) until
+    killed; returns once it holds it."""
+    code = ("import sys, time; from nested_tnt_jax import workdir; "
+            "workdir.Lock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def copy_checkpoints(source, workdir, steps: list[int] | None = None,
+                     config: bool = False) -> pathlib.Path:
+    """A fresh `workdir` holding `source`'s checkpoints (only `steps`, if given), and its
+    config.json if `config` (a run stopped there, as the trainer leaves it)."""
     target = pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR
     shutil.copytree(pathlib.Path(source) / checkpointing.CHECKPOINT_DIR, target)
+    if config:
+        shutil.copy(pathlib.Path(source) / metrics.CONFIG_FILE, workdir)
     if steps is not None:
         for name in os.listdir(target):
             if int(name) not in steps:

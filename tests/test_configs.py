@@ -3,9 +3,11 @@ before any work (and before anything is written)."""
 
 import os
 import pathlib
+import re
 import runpy
 
 import jax
+import ml_collections
 import pytest
 
 from nested_tnt_jax import data, models, train
@@ -139,3 +141,60 @@ def test_nesting_switches_are_present_for_command_line_overrides():
         False, True, False, 0.0)
     assert get_config("cifar10", "model=tnt").model.overrides.nest_outer is False
     assert "nest_inner" not in get_config("cifar10", "model=vit").model.overrides
+
+
+def numeric_fields(config, prefix=""):
+    """Dotted names of the numeric (not bool) leaves of `config`, except `model.overrides`:
+    those are the model's constructor arguments, which `models.create_model` owns."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name == "model.overrides":
+            continue
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from numeric_fields(value, name + ".")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name
+
+
+def _set(config, field, value):
+    *parents, leaf = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+
+
+FIELDS = sorted(numeric_fields(get_config("cifar10", "model=nested_tnt,cpu")))
+
+
+def test_the_walk_sees_the_fields_the_issue_names():
+    for field in ("num_train_steps", "num_epochs", "optim.learning_rate", "optim.momentum",
+                  "optim.warmup_steps", "optim.grad_clip_norm", "augment.mixup_alpha",
+                  "augment.label_smoothing", "batch_size", "input.worker_count",
+                  "eval_every_steps"):
+        assert field in FIELDS, field
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_every_numeric_field_is_range_checked(field):
+    """Each numeric field refuses nonsense (a huge negative number; NaN for floats) with a
+    message naming it; a field added without a range check fails here."""
+    default = get_config("cifar10", "model=nested_tnt,cpu")
+    for part in field.split("."):
+        default = default[part]
+    for field_value in [-10**6] + ([float("nan")] if isinstance(default, float) else []):
+        config = get_config("cifar10", "model=nested_tnt,cpu")
+        _set(config, field, field_value)
+        with pytest.raises(train.ConfigError, match=rf"config\.{re.escape(field)} is"):
+            train.validate_config(config)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("optim.momentum", 1.0), ("augment.label_smoothing", 1.0), ("num_train_steps", 0),
+    ("input.prefetch", 0), ("optim.grad_accum_steps", 0), ("max_checkpoints_to_keep", 0),
+])
+def test_edges_of_the_ranges_are_refused(field, value):
+    config = get_config("cifar10", "model=nested_tnt,cpu")
+    _set(config, field, value)
+    with pytest.raises(train.ConfigError, match=rf"config\.{re.escape(field)} is"):
+        train.validate_config(config)

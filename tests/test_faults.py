@@ -69,6 +69,11 @@ CONFIG_MISTAKES = {
                                            "config.batch_size is 12"),
     "unknown attention core": (["--config.model.overrides.attention_core=flash"],
                                "Unknown attention_core 'flash'"),
+    "negative length": (["--config.num_train_steps=-5"], "config.num_train_steps is -5"),
+    "negative learning rate": (["--config.optim.learning_rate=-1"],
+                               "config.optim.learning_rate is -1"),
+    "warmup as long as the run": (["--config.optim.warmup_steps=12"],
+                                  "config.optim.warmup_steps is 12"),
 }
 
 

@@ -95,6 +95,22 @@ def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 CROP_MODES = ("pad", "random_resized")
 
 
+def check_config(augment) -> None:
+    """Raises ConfigError (naming the field) for an `augment` config block out of range: the
+    host crop and padding here, and the on-device mixup / cutmix / label smoothing."""
+    from nested_tnt_jax.errors import ConfigError, check_range
+
+    if augment.crop not in CROP_MODES:
+        raise ConfigError(
+            f"config.augment.crop is {augment.crop!r}; use 'pad' (CIFAR pad-and-crop) or "
+            "'random_resized' (random resized crop).")
+    check_range("augment.pad", augment.pad, low=0, integer=True, hint="pixels per side")
+    check_range("augment.mixup_alpha", augment.mixup_alpha, low=0, hint="0 for no mixup")
+    check_range("augment.cutmix_alpha", augment.cutmix_alpha, low=0, hint="0 for no cutmix")
+    check_range("augment.label_smoothing", augment.label_smoothing, low=0, high=1,
+                high_open=True, hint="0 for none")
+
+
 def check_crop(crop: str) -> None:
     """Rejects an unknown crop mode when the pipeline is built, not inside a worker."""
     if crop not in CROP_MODES:

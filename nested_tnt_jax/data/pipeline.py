@@ -126,6 +126,18 @@ class PaddedSource:
 _READ_OPTIONS = grain.ReadOptions(num_threads=8, prefetch_buffer_size=64)
 
 
+def check_input_config(input_config) -> None:
+    """Raises ConfigError (naming the field) for an `input` config block out of range."""
+    from nested_tnt_jax.errors import check_range
+
+    check_range("input.worker_count", input_config.worker_count, low=0, integer=True,
+                hint="grain worker processes; 0 reads in the main process")
+    check_range("input.prefetch", input_config.prefetch, low=1, integer=True,
+                hint="batches each worker keeps ready")
+    check_range("input.host_image_size", input_config.host_image_size, low=0, integer=True,
+                hint="0 ships images at image_size")
+
+
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(
