@@ -110,11 +110,12 @@ def test_checkpoints_move_between_layouts_and_sigterm_to_one_process_stops_both(
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run", steps=[6])
     logs = tmp_path / "logs"
     procs = start_two_processes(tmp_path_factory, workdir, logs)
-    log = logs / "process_1.log"
+    log = logs / "process_0.log"
     try:
-        # jax's preemption notifier takes SIGTERM from jax.distributed.initialize on.
-        cli_runs.wait_until(procs[1], log, lambda: "Resumed from step 6" in log.read_text(),
-                            "the resume")
+        # jax's preemption notifier takes SIGTERM from jax.distributed.initialize on; process
+        # 0's start block comes after the restore, which both processes take part in.
+        cli_runs.wait_until(procs[0], log,
+                            lambda: "resumed from step 6 of 12" in log.read_text(), "the resume")
         procs[1].send_signal(signal.SIGTERM)
     except BaseException:
         for p in procs:
