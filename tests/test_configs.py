@@ -55,9 +55,12 @@ def test_bad_arguments_are_refused(arg, match):
         get_config("cifar10", arg)
 
 
-def test_flowers_has_no_cpu_variant():
-    with pytest.raises(ValueError, match="no `cpu` variant"):
-        get_config("flowers102", "cpu")
+def test_flowers_cpu_variant_crops_64px_views_of_images_kept_in_memory():
+    config = get_config("flowers102", "model=nested_tnt,cpu")
+    assert config.model.name == "nested_tnt_cifar_patch8_word4_32"
+    assert config.image_size == config.input.host_image_size == 64
+    assert config.augment.crop == "random_resized" and config.input.cache_decoded
+    train.validate_config(config)
 
 
 def test_unknown_key_is_refused_by_the_locked_config():
