@@ -1,6 +1,7 @@
 """Configs: every setup loads with registered names, arguments parse, bad configs are refused
 before any work (and before anything is written)."""
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -200,4 +201,24 @@ def test_edges_of_the_ranges_are_refused(field, value):
     config = get_config("cifar10", "model=nested_tnt,cpu")
     _set(config, field, value)
     with pytest.raises(train.ConfigError, match=rf"config\.{re.escape(field)} is"):
+        train.validate_config(config)
+
+
+def test_every_numeric_model_field_has_a_range():
+    """`create_model` checks each numeric field of the model classes; a new one without a
+    range fails here."""
+    for cls in (models.TNT, models.ViT):
+        for f in dataclasses.fields(cls):
+            if f.type in (int, float, "int", "float"):
+                assert f.name in models.FIELD_RANGES, (cls.__name__, f.name)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("drop_path_rate", -0.1), ("drop_path_rate", 1.0), ("logit_noise", -1.0),
+    ("logit_noise", float("nan")), ("mixer_ratio", 0), ("mlp_ratio", 0.0),
+])
+def test_model_overrides_out_of_range_are_refused(field, value):
+    config = get_config("cifar10", "model=nested_tnt,cpu")
+    config.model.overrides[field] = value
+    with pytest.raises(train.ConfigError, match=rf"config\.model\.overrides\.{field} is"):
         train.validate_config(config)

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nested_tnt_jax.errors import check_range
 from nested_tnt_jax.models.cores import check_core_choice
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.tnt import TNT
@@ -61,6 +62,19 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 }
 
 
+# The range of every numeric field of the model classes, checked by `create_model`: sizes are
+# positive integers, rates are probabilities of dropping, the noise is a standard deviation.
+_SIZES = ("img_size", "patch_size", "num_classes", "embed_dim", "inner_dim", "depth", "num_heads",
+          "num_heads_inner", "num_heads_outer", "word_kernel", "word_stride", "mixer_ratio")
+_RATES = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
+FIELD_RANGES: dict[str, dict[str, Any]] = {
+    **{f: dict(low=1, integer=True) for f in _SIZES},
+    **{f: dict(low=0, high=1, high_open=True, hint="a dropout probability") for f in _RATES},
+    "mlp_ratio": dict(low=0, low_open=True, hint="MLP width over embedding width"),
+    "logit_noise": dict(low=0, hint="the standard deviation of the nested-attention noise"),
+}
+
+
 def list_models() -> list[str]:
     """Registered model names, sorted."""
     return sorted(_REGISTRY)
@@ -101,6 +115,9 @@ def create_model(
     if "dtype" in kwargs:
         kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
     module = cls(**kwargs)
+    for field, bounds in FIELD_RANGES.items():
+        if hasattr(module, field):
+            check_range(f"model.overrides.{field}", getattr(module, field), **bounds)
     check_core_choice(module.attention_core)
     if module.img_size % module.patch_size:
         raise ValueError(
