@@ -147,8 +147,10 @@ class JaxBench:
     """
 
     def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
-                 xla_defaults: bool = False, host_size: int | None = None, **overrides):
-        """`xla_defaults` compiles without the options the trainer uses (`xla_options`)."""
+                 xla_defaults: bool = False, host_size: int | None = None,
+                 train_only: bool = False, **overrides):
+        """`xla_defaults` compiles without the options the trainer uses (`xla_options`);
+        `train_only` leaves the evaluation step out (not compiled, not timed)."""
         self.name = name
         self.batch = batch
         options = {} if xla_defaults else xla_options.step_compiler_options()
@@ -185,10 +187,12 @@ class JaxBench:
         self.compiled_train = jax.jit(train_step, donate_argnums=0, compiler_options=options).lower(
             self.state, self.batch_data).compile()
         self.train_compile_s = time.perf_counter() - start
-        start = time.perf_counter()
-        self.compiled_infer = jax.jit(eval_step, compiler_options=options).lower(
-            self.params, self.eval_data).compile()
-        self.infer_compile_s = time.perf_counter() - start
+        self.compiled_infer, self.infer_compile_s = None, None
+        if not train_only:
+            start = time.perf_counter()
+            self.compiled_infer = jax.jit(eval_step, compiler_options=options).lower(
+                self.params, self.eval_data).compile()
+            self.infer_compile_s = time.perf_counter() - start
         self.gflops_per_image = matmul_flops(eval_step, self.params, self.eval_data) / batch / 1e9
         self.train_flops_per_step = matmul_flops(train_step, self.state, self.batch_data)
         memory = self.compiled_train.memory_analysis()
@@ -196,7 +200,8 @@ class JaxBench:
             memory.argument_size_in_bytes + memory.output_size_in_bytes
             + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
         self.train_step()  # warm-up
-        self.infer_step()
+        if not train_only:
+            self.infer_step()
 
     def train_step(self) -> None:
         self.state, step_metrics = self.compiled_train(self.state, self.batch_data)
@@ -274,7 +279,7 @@ class TimmBench:
     """
 
     def __init__(self, module, batch: int, num_classes: int, threads: int, dtype: str = "float32",
-                 compile_backend: str | None = None):
+                 compile_backend: str | None = None, train_only: bool = False):
         import torch  # optional: only the --vs-timm comparison needs PyTorch and timm
 
         torch.set_num_threads(threads)
@@ -293,7 +298,8 @@ class TimmBench:
                         else self.model)
         for _ in range(2 if compile_backend else 1):  # compiles (training and eval graphs)
             self.train_step()
-            self.infer_step()
+            if not train_only:
+                self.infer_step()
 
     def _autocast(self):
         return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bfloat16)
@@ -368,6 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-override", type=parse_override, action="append", default=[],
                         metavar="FIELD=VALUE",
                         help="a field of --baseline (repeatable), e.g. attention_core=einsum")
+    parser.add_argument("--train-only", action="store_true",
+                        help="time training only (no evaluation step compiled or timed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     with_torch = args.vs_timm or args.vs_timm_compiled
@@ -377,26 +385,30 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
 
     overrides = dict(args.override)
+    common = dict(host_size=args.host_size, train_only=args.train_only)
     ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
-                    host_size=args.host_size, **overrides)
+                    **common, **overrides)
     label = _label(args.model, overrides)
     benches = {label: ours}
     if args.baseline:
         baseline_overrides = dict(args.baseline_override)
         benches[_label(args.baseline, baseline_overrides)] = JaxBench(
             args.baseline, args.img_size, args.batch, args.dtype, args.num_classes,
-            host_size=args.host_size, **baseline_overrides)
+            **common, **baseline_overrides)
     if args.vs_xla_defaults:
         benches[label + " (XLA defaults)"] = JaxBench(
             args.model, args.img_size, args.batch, args.dtype, args.num_classes, xla_defaults=True,
-            host_size=args.host_size, **overrides)
+            **common, **overrides)
     if args.vs_timm:
-        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads, args.dtype)
+        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads,
+                                    args.dtype, train_only=args.train_only)
     if args.vs_timm_compiled:
-        benches["timm compiled"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads,
-                                             args.dtype, compile_backend=args.timm_compile_backend)
+        benches["timm compiled"] = TimmBench(
+            ours.model, args.batch, args.num_classes, args.threads, args.dtype,
+            compile_backend=args.timm_compile_backend, train_only=args.train_only)
     train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
-    infer = _alternate(benches, "infer_step", args.batch, args.rounds, args.iters)
+    infer = ({name: float("nan") for name in benches} if args.train_only
+             else _alternate(benches, "infer_step", args.batch, args.rounds, args.iters))
     peak = matmul_peak_flops(args.dtype)
 
     rows = []
