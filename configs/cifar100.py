@@ -20,7 +20,7 @@ classes. Only the classifier head differs, so it trains at CIFAR-10's CPU speed.
   (the same model, input and steps; an expectation, not measured on CIFAR-100). Measured
   (2026-12-04, commit aba66a5, AMD EPYC, 2 cores) on TFDS mock data with CIFAR-100's split
   sizes (32 px JPEGs decoded on every read), on a CPU shared with other training jobs (load
-  about 7.5): 500 steps in 300 s wall at 180 training img/s, reading the splits into memory,
+  about 7.5): 500 steps in 300 s wall, reading the splits into memory,
   compiling and the 10,000-image test included (`python tests/test_cpu_variants.py cifar100
   WORKDIR 500`).
   Result: not measured, CIFAR-100 not being available here (only CIFAR-10 is). On the mock

@@ -28,8 +28,8 @@ cannot be its init_from, its position embeddings having another size.
   Time: 1,500 steps (94 epochs), expected about 15 minutes on an idle 2-core CPU; an estimate,
   not a measurement. Measured (2026-12-04, commit aba66a5, AMD EPYC, 2 cores) on TFDS mock
   data with Flowers' split sizes and 500 px JPEGs of varying width, decoded on every read, on
-  a CPU shared with other training jobs (load about 7.5): 200 steps in 656 s wall at 32
-  training img/s, reading the three splits into memory, compiling and the 6,149-image test
+  a CPU shared with other training jobs (load about 7.5): 200 steps in 656 s wall,
+  reading the three splits into memory, compiling and the 6,149-image test
   included (`python tests/test_cpu_variants.py flowers102 WORKDIR 200`). The CIFAR-10 CPU run
   trained at about a quarter of its idle speed under that load, hence the estimate.
   Result: not measured, Flowers102 not being available here. On the mock data (random
