@@ -1,8 +1,8 @@
 """Mesh and shardings; the one place that builds global arrays from per-process data.
 
-Data parallelism over a 1-D mesh: the batch dimension is split over the `data` axis, which
-spans every device of every process. Each process holds `global_batch // process_count`
-examples and `jax.make_array_from_process_local_data` stitches them into one global array.
+One (data, model) mesh: the batch dimension is split over the `data` axis; a `model` axis
+larger than 1 shards parameters and optimiser state (FSDP style), 1 replicates them. Each
+process holds `global_batch // process_count` examples and `jax.make_array_from_process_local_data` stitches them into one global array.
 """
 
 from __future__ import annotations
@@ -20,12 +20,6 @@ from nested_tnt_jax.errors import ConfigError, check_range
 DATA_AXIS = "data"
 
 
-def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis `data` over `devices` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over the `data` axis, the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
@@ -34,25 +28,6 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array (parameters, optimiser state, scalars)."""
     return NamedSharding(mesh, PartitionSpec())
-
-
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-    """Raises a clear error unless the batch splits evenly; returns the per-process batch.
-
-    The batch must divide over processes (each reads the same number of examples) and over
-    the devices of the `data` axis (each holds the same number). Call before compiling.
-    """
-    num_devices = mesh.shape[DATA_AXIS]
-    process_count = jax.process_count()
-    multiple = int(np.lcm(num_devices, process_count))
-    if global_batch_size <= 0 or global_batch_size % multiple:
-        raise ValueError(
-            f"batch_size {global_batch_size} does not split evenly over {process_count} "
-            f"process(es) and {num_devices} device(s) on the mesh's '{DATA_AXIS}' axis: it must "
-            f"be a positive multiple of {multiple}. Change batch_size (for example to "
-            f"{max(1, round(global_batch_size / multiple)) * multiple})."
-        )
-    return global_batch_size // process_count
 
 
 def global_batch(batch: Any, mesh: Mesh) -> Any:
@@ -101,7 +76,7 @@ def check_config(config: Any) -> None:
 MODEL_AXIS = "model"
 
 
-def create_train_mesh(model_axis: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def create_mesh(model_axis: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, model) mesh; `model_axis` devices share each parameter shard group.
 
     With `model_axis=1` this is plain data parallelism (parameters replicated). Raises a clear

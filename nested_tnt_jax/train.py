@@ -244,7 +244,7 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
                                             f"dataset.{field}")
     total_steps = num_train_steps(config, sizes["train"])
     optim.check_warmup(config.optim, total_steps)
-    mesh = sharding.create_train_mesh(config.mesh.model_axis)
+    mesh = sharding.create_mesh(config.mesh.model_axis)
     model = models.create_model(config.model.name, num_classes=info.num_classes,
                                 img_size=config.image_size, **config.model.overrides.to_dict())
     tx, schedule = optim.create_optimizer(config.optim, total_steps)

@@ -1,4 +1,4 @@
-"""Mesh, batch-size check and global batches on 8 simulated CPU devices."""
+"""Mesh and global batches on 8 simulated CPU devices."""
 
 import jax
 import numpy as np
@@ -9,21 +9,11 @@ from nested_tnt_jax import data, sharding
 
 def test_mesh_spans_all_devices_on_the_data_axis():
     mesh = sharding.create_mesh()
-    assert mesh.shape == {sharding.DATA_AXIS: jax.device_count()} and jax.device_count() == 8
-
-
-@pytest.mark.parametrize("bad", [0, 12, 20])
-def test_batch_size_that_does_not_split_over_devices_is_a_clear_error(bad):
-    mesh = sharding.create_mesh()
-    with pytest.raises(ValueError, match="multiple of 8") as error:
-        sharding.check_batch_size(bad, mesh)
-    assert f"batch_size {bad}" in str(error.value)
-
-
-def test_batch_size_check_returns_the_process_batch():
-    mesh = sharding.create_mesh()
-    assert sharding.check_batch_size(24, mesh) == 24 // jax.process_count()
-    assert sharding.check_batch_size(6, sharding.create_mesh(jax.devices()[:2])) == 6
+    assert jax.device_count() == 8
+    assert dict(mesh.shape) == {sharding.DATA_AXIS: 8, sharding.MODEL_AXIS: 1}
+    assert dict(sharding.create_mesh(2).shape) == {sharding.DATA_AXIS: 4, sharding.MODEL_AXIS: 2}
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        sharding.create_mesh(3)
 
 
 def test_global_batch_splits_every_leaf_over_the_devices():

@@ -75,8 +75,8 @@ def test_same_inputs_give_identical_results():
 def test_non_finite_loss_leaves_parameters_unchanged():
     model, state, _ = setup()
     tx, schedule = optim.create_optimizer(ml_collections.ConfigDict(dict(
-        name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.0, warmup_steps=0,
-        grad_clip_norm=0.0, grad_accum_steps=1)), total_steps=10)
+        name="sgd", learning_rate=0.1, momentum=0.9, b1=0.9, b2=0.999, weight_decay=0.0,
+        warmup_steps=0, grad_clip_norm=0.0, grad_accum_steps=1)), total_steps=10)
 
     def poisoned(batch, rng, train):
         images, targets = preprocess(batch, rng, train)
@@ -117,7 +117,7 @@ def test_sharded_parameters_match_replicated():
     b = batch(16)
     results = []
     for model_axis in (1, 2):
-        mesh = sharding.create_train_mesh(model_axis)
+        mesh = sharding.create_mesh(model_axis)
         assert mesh.shape == {"data": 8 // model_axis, "model": model_axis}
         state_sharding = steps.TrainState(
             step=sharding.replicated_sharding(mesh),
@@ -129,8 +129,8 @@ def test_sharded_parameters_match_replicated():
             assert spec == PartitionSpec("model", None)
             assert state_sharding.params["head"]["bias"].spec == PartitionSpec("model")
         tx, schedule = optim.create_optimizer(ml_collections.ConfigDict(dict(
-            name="adamw", learning_rate=1e-2, b1=0.9, b2=0.999, weight_decay=0.0,
-            warmup_steps=0, grad_clip_norm=1.0)), total_steps=100)
+            name="adamw", learning_rate=1e-2, momentum=0.9, b1=0.9, b2=0.999, weight_decay=0.0,
+            warmup_steps=0, grad_clip_norm=1.0, grad_accum_steps=1)), total_steps=100)
         step_fn = jax.jit(
             functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                               preprocess=preprocess),
