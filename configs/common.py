@@ -65,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
     # (unlocked): its keys are the model's keyword arguments, checked by `create_model`.
     c.model.overrides = ml_collections.ConfigDict()
     # How attention writes QK^T and AV (`attention.CORE_CHOICES`), here so that the command
-    # line can ablate it; "auto" picks per head width and suits the trainer's compile options.
+    # line can ablate it; "auto" picks per backend and head width (`models/cores.py`).
     c.model.overrides.attention_core = "auto"
 
     c.dataset = ml_collections.ConfigDict()
