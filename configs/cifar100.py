@@ -16,15 +16,11 @@ classes. Only the classifier head differs, so it trains at CIFAR-10's CPU speed.
   Command: python -m nested_tnt_jax.main --config=configs/cifar100.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=DIR_WITH_CIFAR100 --workdir=runs/c100_cpu
   Hardware: a 2-core x86 CPU, float32.
-  Time: as configs/cifar10.py's CPU run, 12-21 min for the 8,000 steps on an idle 2-core CPU
-  (the same model, input and steps; an expectation, not measured on CIFAR-100). Measured
-  (2026-12-04, commit aba66a5, AMD EPYC, 2 cores) on TFDS mock data with CIFAR-100's split
-  sizes (32 px JPEGs decoded on every read), on a CPU shared with other training jobs (load
-  about 7.5): 500 steps in 300 s wall, reading the splits into memory,
-  compiling and the 10,000-image test included (`python tests/test_cpu_variants.py cifar100
-  WORKDIR 500`).
-  Result: not measured, CIFAR-100 not being available here (only CIFAR-10 is). On the mock
-  data (random pixels and labels) test top-1 was 0.97% on its 10,000 images: chance.
+  Time: as configs/cifar10.py's CPU run, 12-21 min for the 8,000 steps on a 2-core CPU (the
+  same model, input and steps; an expectation, not measured on CIFAR-100). The run end to end on
+  TFDS mock data shaped like CIFAR-100: `python tests/test_cpu_variants.py cifar100 WORKDIR 500`.
+  Result: not measured (the project's shared data holds only CIFAR-10). On the mock data
+  (random pixels and labels) test top-1 is chance, 0.97% on its 10,000 images.
 """
 
 import pathlib

@@ -25,15 +25,12 @@ cannot be its init_from, its position embeddings having another size.
   Command: python -m nested_tnt_jax.main --config=configs/flowers102.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=DIR_WITH_FLOWERS102 --workdir=runs/flowers_cpu
   Hardware: a 2-core x86 CPU, float32.
-  Time: 1,500 steps (94 epochs), expected about 15 minutes on an idle 2-core CPU; an estimate,
-  not a measurement. Measured (2026-12-04, commit aba66a5, AMD EPYC, 2 cores) on TFDS mock
-  data with Flowers' split sizes and 500 px JPEGs of varying width, decoded on every read, on
-  a CPU shared with other training jobs (load about 7.5): 200 steps in 656 s wall,
-  reading the three splits into memory, compiling and the 6,149-image test
-  included (`python tests/test_cpu_variants.py flowers102 WORKDIR 200`). The CIFAR-10 CPU run
-  trained at about a quarter of its idle speed under that load, hence the estimate.
-  Result: not measured, Flowers102 not being available here. On the mock data (random
-  pixels and labels) test top-1 was 1.1% on its 6,149 images: chance, as it must be.
+  Time: 1,500 steps (94 epochs), expected about 15 minutes on a 2-core CPU, an estimate from
+  the CIFAR-10 CPU run's speed at 4x the pixels per image, not a measurement. The run end to end
+  on TFDS mock data with Flowers' split sizes and 500 px JPEGs of varying width:
+  `python tests/test_cpu_variants.py flowers102 WORKDIR 200`.
+  Result: not measured (the project's shared data holds only CIFAR-10). On the mock data
+  (random pixels and labels) test top-1 is chance, 1.1% on its 6,149 images.
 """
 
 import pathlib
