@@ -30,6 +30,7 @@ setup(
         "importlib_resources>=6",
         "pillow>=10",
         "numpy>=1.26",
+        "scipy>=1.11",
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -210,6 +210,15 @@ def _plain(value: Any) -> Any:
 
 
 def read_history(workdir: str) -> list[dict]:
-    """The rows of `workdir/history.jsonl` (training and evaluations), in order."""
+    """The rows of `workdir/history.jsonl` (training and evaluations), in order. A last line
+    cut short by a kill mid-write is left out (the resumed run writes that row again)."""
     with open(os.path.join(workdir, HISTORY_FILE), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 or line.endswith("\n"):
+                raise
+    return rows

@@ -20,12 +20,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from nested_tnt_jax import cli, errors, runs
+from nested_tnt_jax import cli, errors, runs, xla_options
 
 TOP_K = 5
 
 
-@functools.partial(jax.jit, static_argnames="model")
+@functools.partial(xla_options.step_jit, static_argnames="model")
 def probabilities(model: nn.Module, params: Any, inputs: jax.Array) -> jax.Array:
     """Eval-mode class probabilities; compiled once per (model, batch shape) per process."""
     return jax.nn.softmax(model.apply({"params": params}, inputs, train=False), axis=-1)

@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from nested_tnt_jax import cli, errors, models, runs  # noqa: E402
+from nested_tnt_jax import cli, errors, models, runs, xla_options  # noqa: E402
 from nested_tnt_jax.models.layers import word_grid  # noqa: E402
 
 # Attention module name -> chain. TNT has an inner (words) and an outer (sentences) chain; ViT's
@@ -54,7 +54,7 @@ OVERLAY_ALPHA = 0.65
 PAIRS_PER_ROW = 6
 
 
-@functools.partial(jax.jit, static_argnames="model")
+@functools.partial(xla_options.step_jit, static_argnames="model")
 def _sown(model: nn.Module, params: Any, images: jax.Array) -> Any:
     """The "intermediates" of an eval-mode forward pass (compiled once per model and shape)."""
     _, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])

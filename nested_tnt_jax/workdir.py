@@ -37,7 +37,7 @@ INIT_RECORD = "init_from_loaded"
 RESUMABLE = (
     "eval_every_steps", "log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep",
     "eval_batch_size", "dataset.data_dir", "input.worker_count", "input.prefetch",
-    "input.cache_decoded", "mesh.model_axis",
+    "mesh.model_axis",
 )
 
 

@@ -41,3 +41,19 @@ def step_compiler_options() -> dict[str, str]:
     except jax.errors.JaxRuntimeError:  # an older or newer jaxlib without YNNPACK fusions
         return {}
     return dict(CPU_OPTIONS)
+
+
+def step_jit(fn, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)` compiled with `step_compiler_options()`, so that a program
+    outside the trainer (predict, visualize) gets the model's CPU forms under the options they
+    suit. The options are probed at the first call, not at import."""
+
+    @functools.cache
+    def compiled():
+        return jax.jit(fn, compiler_options=step_compiler_options(), **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return compiled()(*args, **kwargs)
+
+    return call

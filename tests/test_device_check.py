@@ -34,7 +34,9 @@ def test_dry_run_runs_every_stage_and_writes_the_summary(tmp_path, capsys):
     assert f"/ benchmark, Nested-TNT | {trainer / nested:.2f}x |" in summary
     for name in ("mixer", "cores"):
         assert "| tiny" in (tmp_path / f"{name}.txt").read_text(), name
-    assert "| vit_cifar_patch8_32 |" in summary and "| timm ViT compiled |" in summary
+    vit = json.loads((tmp_path / "vit.json").read_text())
+    assert [row["impl"] for row in vit["rows"]] == ["jax", "timm", "timm compiled"]
+    assert f"| {vit['rows'][0]['model']} |" in summary and "| timm ViT compiled |" in summary
 
 
 def test_a_stage_that_runs_out_of_time_is_recorded_and_passed_over(tmp_path):

@@ -16,17 +16,7 @@ import pytest
 
 import cli_runs
 from nested_tnt_jax import checkpointing, metrics, workdir as workdir_lib
-from test_faults import COMPILING, assert_explained, refused_early
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return cli_runs.reference_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return cli_runs.environment(tmp_path_factory)
+from test_faults import COMPILING, assert_explained, env, reference, refused_early  # noqa: F401
 
 
 def test_a_second_trainer_is_refused_naming_the_holder_and_writes_nothing(

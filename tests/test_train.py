@@ -192,3 +192,16 @@ def test_finetune_from_timm_checkpoint(tmp_path):
     np.testing.assert_array_equal(tuned["blocks_3"]["mlp"]["fc2"]["kernel"],
                                   expected["blocks_3"]["mlp"]["fc2"]["kernel"])
     np.testing.assert_array_equal(tuned["pos_embed"], expected["pos_embed"])
+
+
+def test_history_with_a_torn_last_line_reads_its_complete_rows(tmp_path):
+    """A kill while a row is written leaves half a line; the resume reads the rows before it.
+    A damaged row anywhere else is not silently dropped."""
+    rows = [{"step": 1, "split": "train", "loss": 2.0}, {"step": 2, "split": "eval", "top1": 0.5}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    path = tmp_path / metrics.HISTORY_FILE
+    path.write_text(text + '{"step": 3, "spl')
+    assert metrics.read_history(str(tmp_path)) == rows
+    path.write_text('{"step": 1, "spl\n' + text)
+    with pytest.raises(json.JSONDecodeError):
+        metrics.read_history(str(tmp_path))
