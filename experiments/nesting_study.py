@@ -112,9 +112,9 @@ def record_run(run: sweep.Run, workdir: pathlib.Path, study_dir: pathlib.Path, c
                host_text: str) -> dict:
     """Appends the finished run's row to runs.csv and its validation curve to history.csv."""
     results = sweep.load_results(workdir)
-    history = [json.loads(line) for line in (workdir / "history.jsonl").read_text(
-        encoding="utf-8").splitlines() if line.strip()]
-    val = [h for h in history if h["split"] == "eval"]
+    from nested_tnt_jax.metrics import read_history
+
+    val = [h for h in read_history(str(workdir)) if h["split"] == "eval"]
     best = max(val, key=lambda h: h["top1"]) if val else {}
     row = {
         "run": run.name, "family": run.variant.family, "variant": run.variant.name,
