@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import runpy
 import time
 
 from absl import app, flags, logging
@@ -45,17 +46,21 @@ _CASES = (
 )
 
 
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_CONFIG_FILE = {"cifar10": "cifar10.py", "oxford_flowers102": "flowers102.py"}
+
+
 def _throughput(dataset: str, size: int, workers: int, data_dir: str, cached: bool) -> float:
+    """img/s of the train iterator built from the dataset's shipped config, with this case's
+    host size, workers and caching."""
+    config = runpy.run_path(str(_CONFIGS / _CONFIG_FILE[dataset]))["get_config"]()
+    with config.unlocked():
+        config.dataset.data_dir = data_dir
+        config.input.update(host_image_size=size, worker_count=workers,
+                            prefetch=_PREFETCH.value, cache_decoded=cached)
     iterator = data.create_train_iterator(
-        dataset,
-        data_dir=data_dir,
-        global_batch_size=_BATCH_SIZE.value,
-        host_image_size=size,
-        seed=0,
-        worker_count=workers,
-        prefetch=_PREFETCH.value,
-        cache_decoded=cached,
-    )
+        config.dataset, config.augment, config.input, global_batch_size=_BATCH_SIZE.value,
+        image_size=size, seed=0)
     for _ in range(2):  # worker start-up and first reads
         next(iterator)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ that checkpoint later.
 
 A source run that is still training (its workdir lock is held) is refused unless the path
 names one of its checkpoints (`RUN/checkpoints/N`): its newest checkpoint is an intermediate
-one that will soon be replaced. timm / PyTorch files are read by `nested_tnt_jax.convert`
+one that will soon be replaced. timm / PyTorch files are read by `nested_tnt_jax.models.convert`
 (safetensors, or `torch.load` with `weights_only=True`: nothing else is unpickled).
 """
 
@@ -27,7 +27,7 @@ from nested_tnt_jax.errors import CheckpointError, ConfigError
 
 PyTree = Any
 
-# timm / PyTorch checkpoint files are converted by `nested_tnt_jax.convert`.
+# timm / PyTorch checkpoint files are converted by `nested_tnt_jax.models.convert`.
 TIMM_SUFFIXES = (".pth", ".pth.tar", ".pt", ".bin", ".safetensors")
 
 
@@ -75,7 +75,7 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
     """
     step = None
     if os.path.isfile(init_from) and init_from.endswith(TIMM_SUFFIXES):
-        from nested_tnt_jax import convert  # Only fine-tuning from timm needs torch.
+        from nested_tnt_jax.models import convert  # Only fine-tuning from timm needs torch.
 
         try:
             loaded = convert.timm_to_flax(

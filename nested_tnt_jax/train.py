@@ -84,10 +84,6 @@ def _eval_batch_size(config: ml_collections.ConfigDict) -> int:
     return config.eval_batch_size or config.batch_size
 
 
-def _host_image_size(config: ml_collections.ConfigDict) -> int:
-    return config.input.host_image_size or config.image_size
-
-
 def num_train_steps(config: ml_collections.ConfigDict, train_examples: int) -> int:
     """`num_train_steps` when > 0, else `num_epochs` worth of full batches (at least 1)."""
     if config.num_train_steps > 0:
@@ -251,11 +247,8 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
 
     def eval_batches(split: str) -> data.EvalBatches:
         return data.create_eval_batches(
-            ds.name, split, data_dir=ds.data_dir, global_batch_size=_eval_batch_size(config),
-            host_image_size=_host_image_size(config), crop=config.augment.crop,
-            worker_count=config.input.worker_count, prefetch=config.input.prefetch,
-            cache_decoded=config.input.cache_decoded,
-        )
+            ds, config.augment, config.input, split=split,
+            global_batch_size=_eval_batch_size(config), image_size=config.image_size)
 
     # Shapes and shardings come from an abstract init; the real init is jitted with those
     # out_shardings, so parameters are created directly where they live (pre-trained ones
@@ -332,12 +325,8 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
                   if init_record.get("step") is not None else "") if init_record else ""),
     })
     train_iter = data.create_train_iterator(
-        ds.name, ds.train_split, data_dir=ds.data_dir, global_batch_size=config.batch_size,
-        host_image_size=_host_image_size(config), seed=config.seed, crop=config.augment.crop,
-        pad=config.augment.pad, flip=config.augment.flip,
-        worker_count=config.input.worker_count, prefetch=config.input.prefetch,
-        cache_decoded=config.input.cache_decoded, start_step=start_step,
-    )
+        ds, config.augment, config.input, global_batch_size=config.batch_size,
+        image_size=config.image_size, seed=config.seed, start_step=start_step)
     train_fn = jax.jit(
         functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                           preprocess=preprocess, grad_accum_steps=config.optim.grad_accum_steps),

@@ -15,6 +15,8 @@ import tensorflow_datasets as tfds
 from nested_tnt_jax import data
 from nested_tnt_jax.data import augment, pipeline
 
+from config_blocks import blocks
+
 NUM_EXAMPLES = 40
 
 
@@ -40,8 +42,8 @@ def plain_train(name, tmp_path, **kwargs):
     """A train iterator whose images are the source images: records can be identified."""
     kwargs.setdefault("global_batch_size", 8)
     return data.create_train_iterator(
-        name, "train", data_dir=str(tmp_path), host_image_size=32, crop="pad", pad=0,
-        flip=False, **kwargs,
+        *blocks(name, tmp_path, train_split="train", crop="pad", pad=0, flip=False),
+        image_size=32, **kwargs,
     )
 
 
@@ -69,12 +71,11 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 def test_train_and_eval_batches_have_the_interface_shapes(name, size, tmp_path):
     with mocked():
         train = data.create_train_iterator(
-            name, data_dir=str(tmp_path), global_batch_size=8, host_image_size=size, seed=0
-        )
+            *blocks(name, tmp_path), global_batch_size=8, image_size=size, seed=0)
         batch = next(train)
         evals = data.create_eval_batches(
-            name, data_dir=str(tmp_path), global_batch_size=16, host_image_size=size
-        )
+            *blocks(name, tmp_path), split=data.dataset_info(name).eval_split,
+            global_batch_size=16, image_size=size)
         eval_batch = next(iter(evals))
     assert batch["image"].shape == (8, size, size, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
@@ -95,8 +96,8 @@ def test_eval_counts_every_example_once_over_simulated_processes(global_batch, t
     num_examples = 37  # does not divide by the batch sizes
     seen, masked, steps, rows = [], 0, set(), {}
     make = functools.partial(
-        data.create_eval_batches, "cifar10", "test", data_dir=str(tmp_path),
-        global_batch_size=global_batch, host_image_size=32)
+        data.create_eval_batches, *blocks("cifar10", tmp_path), split="test",
+        global_batch_size=global_batch, image_size=32)
     with mocked(num_examples):
         for process in range(2):
             evals = make(process_index=process, process_count=2)
@@ -118,8 +119,8 @@ def test_eval_counts_every_example_once_over_simulated_processes(global_batch, t
 def test_eval_passes_repeat_identically(tmp_path):
     with mocked():
         evals = data.create_eval_batches(
-            "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=16, host_image_size=24
-        )
+            *blocks("oxford_flowers102", tmp_path), split="validation", global_batch_size=16,
+            image_size=24)
         first = [b["image"] for b in evals]
         second = [b["image"] for b in evals]
     assert len(first) == evals.num_steps == 3
@@ -158,11 +159,11 @@ def test_decoded_source_reads_each_record_once_and_serves_it_from_memory(tmp_pat
 def test_cached_splits_give_the_same_batches(tmp_path):
     def batches(cache_decoded):
         train = data.create_train_iterator(
-            "cifar10", data_dir=str(tmp_path), global_batch_size=8, host_image_size=32, seed=1,
-            start_step=3, cache_decoded=cache_decoded)
+            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded), global_batch_size=8,
+            image_size=32, seed=1, start_step=3)
         evals = data.create_eval_batches(
-            "cifar10", data_dir=str(tmp_path), global_batch_size=16, host_image_size=32,
-            cache_decoded=cache_decoded)
+            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded), split="train[98%:]",
+            global_batch_size=16, image_size=32)
         return [next(train) for _ in range(6)] + list(evals)
 
     with mocked():
@@ -182,15 +183,15 @@ def test_cached_flowers_keep_small_images_and_the_same_eval_batches(tmp_path):
 
     def evals(cache_decoded):
         return list(data.create_eval_batches(
-            "oxford_flowers102", "test", data_dir=str(tmp_path), global_batch_size=16,
-            host_image_size=size, cache_decoded=cache_decoded))
+            *blocks("oxford_flowers102", tmp_path, cache_decoded=cache_decoded), split="test",
+            global_batch_size=16, image_size=size))
 
     with mocked(37):
         cached, read = evals(True), evals(False)
         source = data.open_source("oxford_flowers102", "train", str(tmp_path))
         train = data.create_train_iterator(
-            "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=8,
-            host_image_size=size, cache_decoded=True)
+            *blocks("oxford_flowers102", tmp_path, cache_decoded=True), global_batch_size=8,
+            image_size=size, seed=0)
         batch = next(train)
     assert len(cached) == len(read) == 3
     for x, y in zip(cached, read):
@@ -233,9 +234,8 @@ def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):
 def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     def take(seed):
         train = data.create_train_iterator(
-            "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=8,
-            host_image_size=24, seed=seed,
-        )
+            *blocks("oxford_flowers102", tmp_path), global_batch_size=8, image_size=24,
+            seed=seed)
         return [next(train) for _ in range(3)]
 
     with mocked():
@@ -249,9 +249,8 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
 def test_start_step_yields_the_uninterrupted_batches(tmp_path):
     """A resumed run's iterator (start_step=k) continues the batches of an uninterrupted one."""
     make = lambda start: data.create_train_iterator(  # noqa: E731
-        "cifar10", data_dir=str(tmp_path), global_batch_size=12, host_image_size=32, seed=7,
-        start_step=start,
-    )
+        *blocks("cifar10", tmp_path), global_batch_size=12, image_size=32, seed=7,
+        start_step=start)
     with mocked():
         run = make(0)
         expected = [next(run) for _ in range(7)][2:]  # crosses the epoch boundary at 40 records
@@ -265,17 +264,15 @@ def test_start_step_yields_the_uninterrupted_batches(tmp_path):
 def test_batch_size_must_split_over_processes(tmp_path):
     with mocked(), pytest.raises(ValueError, match="multiple of the number of processes"):
         data.create_train_iterator(
-            "cifar10", data_dir=str(tmp_path), global_batch_size=9, host_image_size=32,
-            process_index=0, process_count=2,
-        )
+            *blocks("cifar10", tmp_path), global_batch_size=9, image_size=32, seed=0,
+            process_index=0, process_count=2)
 
 
 def test_unknown_crop_mode_is_rejected(tmp_path):
     with mocked(), pytest.raises(ValueError, match="augment.crop"):
         data.create_train_iterator(
-            "cifar10", data_dir=str(tmp_path), global_batch_size=8, host_image_size=32,
-            crop="center",
-        )
+            *blocks("cifar10", tmp_path, crop="center"), global_batch_size=8, image_size=32,
+            seed=0)
 
 
 def test_missing_dataset_fails_fast_with_placement_hint(tmp_path, monkeypatch):
@@ -286,8 +283,7 @@ def test_missing_dataset_fails_fast_with_placement_hint(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(FileNotFoundError) as error:
         data.create_eval_batches(
-            "cifar100", "test", data_dir=str(tmp_path), global_batch_size=8, host_image_size=32
-        )
+            *blocks("cifar100", tmp_path), split="test", global_batch_size=8, image_size=32)
     assert time.monotonic() - start < 15
     message = str(error.value)
     assert "'cifar100'" in message and str(tmp_path) in message
@@ -449,12 +445,11 @@ def test_preprocess_is_deterministic_in_the_rng():
 def test_worker_process_batches_match_in_process_ones_and_resume(tmp_path):
     """Batches do not depend on the worker count, and start_step works with workers."""
     make = lambda workers, start=0: data.create_train_iterator(  # noqa: E731
-        "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=8, host_image_size=24,
-        seed=4, worker_count=workers, prefetch=1, start_step=start,
-    )
+        *blocks("oxford_flowers102", tmp_path, worker_count=workers, prefetch=1),
+        global_batch_size=8, image_size=24, seed=4, start_step=start)
     evals = lambda workers: [b["index"].tolist() for b in data.create_eval_batches(  # noqa: E731
-        "oxford_flowers102", data_dir=str(tmp_path), global_batch_size=16, host_image_size=24,
-        worker_count=workers, prefetch=1)]
+        *blocks("oxford_flowers102", tmp_path, worker_count=workers, prefetch=1),
+        split="validation", global_batch_size=16, image_size=24)]
     with mocked():
         in_process = make(0)
         reference = [next(in_process) for _ in range(3)]

@@ -8,6 +8,8 @@ import pytest
 
 from nested_tnt_jax import data, sharding
 
+from config_blocks import blocks
+
 DATA_DIR = str((pathlib.Path(__file__).parent / ".." / ".." / "shared" / "tfds").resolve())
 
 
@@ -17,9 +19,8 @@ def test_test_split_is_counted_exactly_once_on_eight_devices(cache_decoded):
     global_batch_size = 96  # 10,000 is not a multiple of 96: the last batch is padded.
     local = global_batch_size // jax.process_count()
     evals = data.create_eval_batches(
-        "cifar10", "test", data_dir=DATA_DIR, global_batch_size=global_batch_size,
-        host_image_size=32, cache_decoded=cache_decoded,
-    )
+        *blocks("cifar10", DATA_DIR, cache_decoded=cache_decoded), split="test",
+        global_batch_size=global_batch_size, image_size=32)
     assert evals.num_examples == 10_000 and evals.num_steps == 105
     count = jax.jit(lambda b: (b["mask"].sum(), jax.numpy.where(b["mask"], b["index"], -1)))
     masked, indices, labels, steps = 0, [], [], 0

@@ -44,27 +44,18 @@ class DatasetInfo:
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+def _cifar(name: str, num_classes: int, mean: tuple[float, float, float],
+           std: tuple[float, float, float]) -> DatasetInfo:
+    """A CIFAR entry: the last 2% of train (1,000 images) held out for validation, pad crop."""
+    return DatasetInfo(name=name, num_classes=num_classes, train_split="train[:98%]",
+                       eval_split="train[98%:]", test_split="test", crop="pad", mean=mean,
+                       std=std)
+
+
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        num_classes=10,
-        train_split="train[:98%]",
-        eval_split="train[98%:]",
-        test_split="test",
-        crop="pad",
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-    ),
-    "cifar100": DatasetInfo(
-        name="cifar100",
-        num_classes=100,
-        train_split="train[:98%]",
-        eval_split="train[98%:]",
-        test_split="test",
-        crop="pad",
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-    ),
+    "cifar10": _cifar("cifar10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": _cifar("cifar100", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "oxford_flowers102": DatasetInfo(
         name="oxford_flowers102",
         num_classes=102,

@@ -26,7 +26,7 @@ from absl import flags, logging
 import numpy as np
 
 from nested_tnt_jax.data import augment
-from nested_tnt_jax.data.datasets import dataset_info, open_source
+from nested_tnt_jax.data.datasets import DatasetInfo, dataset_info, open_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,61 +233,82 @@ def _open(dataset: str, split: str, data_dir: str | None, cache_decoded: bool,
     return source
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def host_image_size(input_config: Any, image_size: int) -> int:
+    """The size of the uint8 images the host ships: `input.host_image_size`, or `image_size`
+    when that is 0 (the device then resizes to `image_size`)."""
+    return input_config.host_image_size or image_size
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What both entry points settle first: the dataset's entry, the crop, the host image
+    size, this process's place and its rows per batch."""
+
+    info: DatasetInfo
+    crop: str
+    size: int
+    process_index: int
+    process_count: int
+    local_batch: int
+
+
+def _reading(dataset_config: Any, augment_config: Any, input_config: Any, image_size: int,
+             global_batch_size: int, process_index: int | None,
+             process_count: int | None) -> _Reading:
+    info = dataset_info(dataset_config.name)
+    crop = augment_config.crop or info.crop
+    augment.check_crop(crop)
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    return index, count
+    return _Reading(info, crop, host_image_size(input_config, image_size), index, count,
+                    _local_batch_size(global_batch_size, count))
 
 
 def create_train_iterator(
-    dataset: str,
-    split: str | None = None,
+    dataset_config: Any,
+    augment_config: Any,
+    input_config: Any,
     *,
-    data_dir: str | None = None,
     global_batch_size: int,
-    host_image_size: int,
-    seed: int = 0,
-    crop: str | None = None,
-    pad: int = 4,
-    flip: bool = True,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    cache_decoded: bool = False,
+    image_size: int,
+    seed: int,
     start_step: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict]:
     """Endless shuffled, augmented train batches for this process, from batch `start_step`.
 
-    Yields dicts `image` uint8 (local_batch, host_image_size, host_image_size, 3) and `label`
-    int32 (local_batch,). `split`/`crop` default to the dataset's table entry. The same seed
-    gives the same batches; an iterator made with `start_step=k` yields what a fresh one
-    yields from its `k`-th batch on (how a run resumes). `worker_count` > 0 augments in that
-    many processes, each keeping `prefetch` batches ready. `cache_decoded` reads the split into
-    memory first (`DecodedSource`; for CIFAR, and for random resized crops from images of
-    varying size, kept at `CACHED_TRAIN_SCALE` times the host size).
-    `process_index`/`process_count` default to jax's (override them only to simulate hosts).
+    The three blocks are the run config's: `dataset` (name, data_dir, train_split), `augment`
+    (crop, pad, flip) and `input` (worker_count, prefetch, host_image_size, cache_decoded).
+    Yields dicts `image` uint8 (local_batch, size, size, 3), size `host_image_size(input,
+    image_size)`, and `label` int32 (local_batch,). An empty split or crop means the dataset's
+    table entry. The same seed gives the same batches; an iterator made with `start_step=k`
+    yields what a fresh one yields from its `k`-th batch on (how a run resumes). `worker_count`
+    > 0 augments in that many processes, each keeping `prefetch` batches ready.
+    `cache_decoded` reads the split into memory first (`DecodedSource`; for CIFAR, and for
+    random resized crops from images of varying size, kept at `CACHED_TRAIN_SCALE` times the
+    host size). `process_index`/`process_count` default to jax's (override them only to
+    simulate hosts).
     """
-    info = dataset_info(dataset)
-    crop = crop or info.crop
-    augment.check_crop(crop)
-    index, count = _process(process_index, process_count)
-    local_batch = _local_batch_size(global_batch_size, count)
+    r = _reading(dataset_config, augment_config, input_config, image_size, global_batch_size,
+                 process_index, process_count)
     shrink = None
-    if crop == "random_resized":
-        shrink = functools.partial(augment.shrink,
-                                   short_side=CACHED_TRAIN_SCALE * host_image_size)
-    source = _open(dataset, split or info.train_split, data_dir, cache_decoded, shrink)
+    if r.crop == "random_resized":
+        shrink = functools.partial(augment.shrink, short_side=CACHED_TRAIN_SCALE * r.size)
+    source = _open(dataset_config.name, dataset_config.train_split or r.info.train_split,
+                   dataset_config.data_dir, input_config.cache_decoded, shrink)
     order = grain.samplers.IndexSampler(
         num_records=len(source), shuffle=True, num_epochs=None, seed=seed)
-    sampler = GlobalBatchRows(order, global_batch_size=global_batch_size, process_index=index,
-                              process_count=count, worker_count=worker_count,
-                              start_batch=start_step)
+    sampler = GlobalBatchRows(order, global_batch_size=global_batch_size,
+                              process_index=r.process_index, process_count=r.process_count,
+                              worker_count=input_config.worker_count, start_batch=start_step)
     operations = [
-        TrainTransform(crop=crop, pad=pad, flip=flip, size=host_image_size),
-        grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
+        TrainTransform(crop=r.crop, pad=augment_config.pad, flip=augment_config.flip,
+                       size=r.size),
+        grain.transforms.Batch(batch_size=r.local_batch, drop_remainder=True),
     ]
-    return iter(_loader(source, sampler, operations, worker_count, prefetch))
+    return iter(_loader(source, sampler, operations, input_config.worker_count,
+                        input_config.prefetch))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,51 +332,49 @@ class EvalBatches:
 
 
 def create_eval_batches(
-    dataset: str,
-    split: str | None = None,
+    dataset_config: Any,
+    augment_config: Any,
+    input_config: Any,
     *,
-    data_dir: str | None = None,
+    split: str,
     global_batch_size: int,
-    host_image_size: int,
-    crop: str | None = None,
-    worker_count: int = 0,
-    prefetch: int = 2,
-    cache_decoded: bool = False,
+    image_size: int,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> EvalBatches:
     """Every example of `split` exactly once, in fixed-size padded batches with a mask.
 
-    The split is padded to `num_steps * global_batch_size` records; global batch `b` is
-    records `[b * G, (b + 1) * G)` whatever the process count, and every process yields its
-    rows of each: `num_steps` batches of `global_batch_size // process_count` with keys
-    `image`, `label`, `mask` (bool, False on padding) and `index` (int32 position in the
-    split, -1 on padding). `cache_decoded`: as for `create_train_iterator` (images of varying
-    size are stored as their eval views, so the batches are the same as without it); each
-    `for` loop then reads memory only.
+    The blocks are the run config's, as for `create_train_iterator` (of `augment` only the
+    crop is read, which picks the eval view). The split is padded to
+    `num_steps * global_batch_size` records; global batch `b` is records `[b * G, (b + 1) * G)`
+    whatever the process count, and every process yields its rows of each: `num_steps` batches
+    of `global_batch_size // process_count` with keys `image`, `label`, `mask` (bool, False on
+    padding) and `index` (int32 position in the split, -1 on padding). `cache_decoded`: as for
+    `create_train_iterator` (images of varying size are stored as their eval views, so the
+    batches are the same as without it); each `for` loop then reads memory only.
     """
-    info = dataset_info(dataset)
-    crop = crop or info.crop
-    augment.check_crop(crop)
-    index, count = _process(process_index, process_count)
-    local_batch = _local_batch_size(global_batch_size, count)
-    viewed = cache_decoded and crop == "random_resized"
-    view = functools.partial(augment.eval_view, crop=crop, size=host_image_size)
-    source = _open(dataset, split or info.eval_split, data_dir, cache_decoded,
+    r = _reading(dataset_config, augment_config, input_config, image_size, global_batch_size,
+                 process_index, process_count)
+    cache_decoded = input_config.cache_decoded
+    viewed = cache_decoded and r.crop == "random_resized"
+    view = functools.partial(augment.eval_view, crop=r.crop, size=r.size)
+    source = _open(dataset_config.name, split, dataset_config.data_dir, cache_decoded,
                    view if viewed else None)
     num_examples = len(source)
     num_steps = math.ceil(num_examples / global_batch_size)
     # Whole turns of the workers (see `GlobalBatchRows`); batches past num_steps are padding.
-    workers = max(worker_count, 1)
+    workers = max(input_config.worker_count, 1)
     loader_batches = math.ceil(num_steps / workers) * workers
     padded = PaddedSource(source, loader_batches * global_batch_size)
     sampler = GlobalBatchRows(
         grain.samplers.IndexSampler(num_records=len(padded), shuffle=False, num_epochs=1),
-        global_batch_size=global_batch_size, process_index=index, process_count=count,
-        worker_count=worker_count, num_batches=loader_batches)
+        global_batch_size=global_batch_size, process_index=r.process_index,
+        process_count=r.process_count, worker_count=input_config.worker_count,
+        num_batches=loader_batches)
     operations = [
-        EvalTransform(crop=crop, size=host_image_size, viewed=viewed),
-        grain.transforms.Batch(batch_size=local_batch, drop_remainder=True),
+        EvalTransform(crop=r.crop, size=r.size, viewed=viewed),
+        grain.transforms.Batch(batch_size=r.local_batch, drop_remainder=True),
     ]
-    loader = _loader(padded, sampler, operations, worker_count, prefetch)
+    loader = _loader(padded, sampler, operations, input_config.worker_count,
+                     input_config.prefetch)
     return EvalBatches(loader=loader, num_steps=num_steps, num_examples=num_examples)
