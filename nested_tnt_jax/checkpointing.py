@@ -193,7 +193,8 @@ class StopSignal:
     current step. The previous handlers are restored by `uninstall()`. With several processes
     nothing is installed: `jax.distributed.initialize` set up jax's preemption notifier, which
     takes SIGTERM, and `Checkpointer.reached_preemption` makes every process stop at the same
-    step even when the signal reaches only some of them.
+    step even when the signal reaches only some of them (`hand_ctrl_c_to_preemption` makes a
+    Ctrl-C one such signal).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -224,6 +225,20 @@ class StopSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def hand_ctrl_c_to_preemption() -> None:
+    """With several processes, from `jax.distributed.initialize` on: the first Ctrl-C becomes
+    a SIGTERM to this process, which jax's preemption notifier takes, so every process stops at
+    one step with a checkpoint, as for SIGTERM; the next Ctrl-C interrupts at once."""
+
+    def handle(signum, frame) -> None:
+        logging.warning("Received SIGINT: saving a checkpoint on every process, then stopping "
+                        "(press Ctrl-C again to stop at once).")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, handle)
 
 
 def step_directory(path: str) -> tuple[str, int | None]:

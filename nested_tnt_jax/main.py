@@ -102,9 +102,10 @@ def main(argv: list[str]) -> None:
         import jax  # After flag parsing, so XLA_FLAGS and friends from the shell apply.
 
         _initialize_distributed()
-        from nested_tnt_jax import train
+        from nested_tnt_jax import checkpointing, train
 
         if jax.process_count() > 1:
+            checkpointing.hand_ctrl_c_to_preemption()
             logging.info("JAX process %d / %d, %d local devices", jax.process_index(),
                          jax.process_count(), jax.local_device_count())
         train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)

@@ -99,11 +99,12 @@ def test_two_processes_train_like_one(two_process_run, reference):
     assert (workdir / metrics.CONFIG_FILE).exists()
 
 
-def test_checkpoints_move_between_layouts_and_sigterm_to_one_process_stops_both(
+def test_checkpoints_move_between_layouts_and_ctrl_c_to_one_process_stops_both(
         two_process_run, reference, tmp_path_factory, tmp_path):
-    """The 1 x 8 checkpoint of step 6 resumes as 2 x 4; SIGTERM reaches process 1 only, and
-    both processes agree on a step, save and exit 0; that checkpoint (written by 2
-    processes) resumes as 1 x 8 and finishes like the uninterrupted run.
+    """The 1 x 8 checkpoint of step 6 resumes as 2 x 4; a Ctrl-C (SIGINT) reaches process 1
+    only, is handed on to jax's preemption notifier as a SIGTERM, and both processes agree on a
+    step, save and exit 0; that checkpoint (written by 2 processes) resumes as 1 x 8 and
+    finishes like the uninterrupted run.
 
     `two_process_run` is requested so that the 2 x 4 programs are compiled (and cached) once.
     """
@@ -112,11 +113,12 @@ def test_checkpoints_move_between_layouts_and_sigterm_to_one_process_stops_both(
     procs = start_two_processes(tmp_path_factory, workdir, logs)
     log = logs / "process_0.log"
     try:
-        # jax's preemption notifier takes SIGTERM from jax.distributed.initialize on; process
-        # 0's start block comes after the restore, which both processes take part in.
+        # jax's preemption notifier takes SIGTERM from jax.distributed.initialize on (and the
+        # trainer hands SIGINT on to it); process 0's start block comes after the restore,
+        # which both processes take part in.
         cli_runs.wait_until(procs[0], log,
                             lambda: "resumed from step 6 of 12" in log.read_text(), "the resume")
-        procs[1].send_signal(signal.SIGTERM)
+        procs[1].send_signal(signal.SIGINT)
     except BaseException:
         for p in procs:
             p.kill()
