@@ -340,10 +340,15 @@ def _label(model: str, overrides: dict) -> str:
 
 
 def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) -> dict[str, float]:
-    """Median img/s per bench over `rounds` alternating rounds of `iters` calls each."""
+    """Median img/s per bench over `rounds` alternating rounds of `iters` calls each.
+
+    Every other round runs the benches in reverse order, so that none is always timed first
+    after compilation or right after the same neighbour.
+    """
     results = {name: [] for name in benches}
-    for _ in range(rounds):
-        for name, bench in benches.items():
+    for r in range(rounds):
+        order = list(benches.items())
+        for name, bench in (order if r % 2 == 0 else order[::-1]):
             results[name].append(_median_img_per_sec(getattr(bench, attr), batch, iters))
     return {name: statistics.median(values) for name, values in results.items()}
 

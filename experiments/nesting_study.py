@@ -233,7 +233,11 @@ def write_table(runs: Sequence[sweep.Run], record: Sequence[Mapping[str, str]],
     if costs:
         c0 = costs[0]
         lines += ["", f"Cost columns: `python -m experiments.nesting_study --costs`, "
-                  f"{c0['date']}, commit {c0['commit']}, host `{c0['host']}`."]
+                  f"{c0['date']}, commit {c0['commit']}, host `{c0['host']}`. Each ratio is "
+                  "timed against TNT in the same process, in alternating rounds; the img/s of "
+                  "different rows come from different processes and drift with the machine's "
+                  "load, so compare the ratios. TNT's row times the configured TNT against the "
+                  "registry's (the same network), which shows a ratio's noise."]
     recorded = {r["run"] for r in record}
     missing = [run for run in runs if run.name not in recorded]
     lines += ["", f"## Runs still missing ({len(missing)})", ""]
@@ -358,8 +362,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="Print the missing runs' commands.")
     p.add_argument("--costs", action="store_true",
                    help="Measure each variant's parameters, GFLOPs and training img/s.")
-    p.add_argument("--rounds", type=int, default=3, help="--costs: alternating rounds.")
-    p.add_argument("--iters", type=int, default=10, help="--costs: timed steps per round.")
+    p.add_argument("--rounds", type=int, default=20, help="--costs: alternating rounds.")
+    p.add_argument("--iters", type=int, default=3, help="--costs: timed steps per round.")
     return p.parse_args(argv)
 
 
