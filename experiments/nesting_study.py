@@ -10,6 +10,7 @@ every comparison is paired by seed.
   python -m experiments.nesting_study --data-dir=../shared/tfds --max-runs=2
   python -m experiments.nesting_study --report-only                       # tables and plots only
   python -m experiments.nesting_study --costs                             # parameters, GFLOPs, img/s
+  python -m experiments.nesting_study --reproduce=cifar10/vit/seed3         # train a row again
 
 The record is `experiments/nesting_study/runs.csv` (one row per finished run, with the commit and
 host it ran on) and `history.csv` (each run's validation curve); commit them as runs finish.
@@ -18,6 +19,11 @@ a real `python -m nested_tnt_jax.main` in `--work-root/<run>`, resumed from its 
 was interrupted), appends the row and rebuilds `table.md`, `curves.png` and `plot.png`. It can be
 stopped at any point and restarted on any machine. A change that alters the CPU trainer's
 numerics invalidates the recorded runs: delete the rows and re-run.
+
+`--reproduce=RUN` trains a recorded run again in `--work-root/reproduce/<run>` and compares its
+test metrics and validation curve with the record, number for number (the trainer is
+deterministic on CPU); the outcome is appended to `reproductions.csv`, with both commits and
+hosts. Exit 0 when identical, 1 when not.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ RUN_COLUMNS = ("run", "family", "variant", "seed", "test_top1", "test_top5", "te
                "test_examples", "best_val_top1", "best_val_step", "steps", "num_params",
                "wall_time_s", "train_img_per_sec", "commit", "host", "finished")
 HISTORY_COLUMNS = ("run", "step", "val_top1", "val_loss")
+REPRODUCTION_COLUMNS = ("run", "identical", "differences", "recorded_commit", "recorded_host",
+                        "commit", "host", "finished")
 COST_COLUMNS = ("variant", "model", "num_params", "gflops_per_image", "train_img_per_sec",
                 "vs_tnt", "host", "date", "commit")
 
@@ -151,6 +159,48 @@ def train_missing(runs: Sequence[sweep.Run], work_root: pathlib.Path, study_dir:
         else:
             failed += 1
     return failed
+
+
+def _number(value: object) -> float | None:
+    return None if value in ("", None) else float(value)
+
+
+def reproduce(run: sweep.Run, work_root: pathlib.Path, study_dir: pathlib.Path,
+              trainer: Sequence[str]) -> int:
+    """Trains a recorded run again and compares it with its row and curve: 0 same, 1 not."""
+    from nested_tnt_jax.metrics import read_history
+
+    recorded = next(r for r in read_csv(study_dir / "runs.csv") if r["run"] == run.name)
+    root = work_root / "reproduce"
+    outcome = sweep.execute([run], root, trainer=trainer,
+                            echo=lambda line: print(line, flush=True))[run.name]
+    if outcome.status not in ("trained", "done"):
+        print(f"error: {run.name} did not train again ({outcome.status}); see "
+              f"{run.workdir(root) / sweep.LOG_FILE}.", file=sys.stderr)
+        return 1
+    results = sweep.load_results(run.workdir(root))
+    differences = [f"{key} {recorded[key]} -> {results.get(key)}"
+                   for key in ("test_top1", "test_top5", "test_loss", "test_examples")
+                   if _number(recorded[key]) != _number(results.get(key))]
+    old_curve = [(int(h["step"]), float(h["val_top1"]), float(h["val_loss"]))
+                 for h in read_csv(study_dir / "history.csv") if h["run"] == run.name]
+    new_curve = [(int(h["step"]), float(h["top1"]), float(h["loss"]))
+                 for h in read_history(str(run.workdir(root))) if h["split"] == "eval"]
+    if old_curve != new_curve:
+        step = next((a[0] for a, b in zip(old_curve, new_curve) if a != b),
+                    min(len(old_curve), len(new_curve)))
+        differences.append(f"validation curve from step {step}")
+    append_csv(study_dir / "reproductions.csv", REPRODUCTION_COLUMNS, [{
+        "run": run.name, "identical": not differences, "differences": "; ".join(differences),
+        "recorded_commit": recorded["commit"], "recorded_host": recorded["host"],
+        "commit": code_commit(), "host": host(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}])
+    if differences:
+        print(f"{run.name}: differs from its record: {'; '.join(differences)}.")
+        return 1
+    print(f"{run.name}: identical to its record (test top-1 "
+          f"{100 * float(recorded['test_top1']):.2f}%, {len(new_curve)} validation points).")
+    return 0
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -360,6 +410,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Command that trains one run (default: python -m nested_tnt_jax.main).")
     p.add_argument("--report-only", action="store_true", help="Rebuild the report; train nothing.")
     p.add_argument("--dry-run", action="store_true", help="Print the missing runs' commands.")
+    p.add_argument("--reproduce", metavar="RUN", default=None,
+                   help="Train a recorded run (e.g. cifar10/vit/seed3) again and compare it with "
+                        "its record.")
     p.add_argument("--costs", action="store_true",
                    help="Measure each variant's parameters, GFLOPs and training img/s.")
     p.add_argument("--rounds", type=int, default=20, help="--costs: alternating rounds.")
@@ -382,6 +435,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if run.name not in recorded:
                 print(command(run))
         return 0
+    if args.reproduce is not None:
+        recorded = {r["run"] for r in read_csv(study_dir / "runs.csv")}
+        run = next((r for r in runs if r.name == args.reproduce), None)
+        if run is None or run.name not in recorded:
+            print(f"error: --reproduce={args.reproduce} is not a recorded run of the study; "
+                  f"recorded: {', '.join(sorted(recorded)) or 'none'}.", file=sys.stderr)
+            return 2
+        try:
+            return reproduce(run, args.work_root.resolve(), study_dir,
+                             shlex.split(args.trainer))
+        except sweep.SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.costs:
         measure_costs(runs, study_dir, args.rounds, args.iters)
     elif not args.report_only:

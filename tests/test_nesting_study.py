@@ -130,3 +130,34 @@ def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch):
     loss_ax, acc_ax = closed[0].axes
     assert [list(line.get_ydata()) for line in loss_ax.lines] == [[2.0, 1.0, 2.0 / 3], [1.5]]
     assert [len(line.get_xdata()) for line in acc_ax.lines] == [3, 1, 1]
+
+
+def test_reproduce_trains_a_recorded_run_again_and_compares_it(fake, tmp_path, capsys):  # noqa: F811
+    trainer, calls, _ = fake
+    _, study_dir = _study(trainer, tmp_path, "--max-runs", "2")
+    calls()
+    name = "cifar10/tnt/seed0"
+    assert _study(trainer, tmp_path, f"--reproduce={name}")[0] == 0
+    [call] = calls()
+    assert call["workdir"].endswith(f"reproduce/{name}")
+    assert "identical to its record" in capsys.readouterr().out
+    with open(study_dir / "reproductions.csv", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["run"] == name and row["identical"] == "True" and row["recorded_commit"]
+
+    # A record that does not match what the trainer gives is reported, with the field.
+    rows = _record(study_dir)
+    rows[1]["test_top1"] = "0.123"
+    with open(study_dir / "runs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, nesting_study.RUN_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.rmtree(tmp_path / "runs" / "reproduce")
+    assert _study(trainer, tmp_path, f"--reproduce={name}")[0] == 1
+    assert "test_top1 0.123 ->" in capsys.readouterr().out and len(calls()) == 1
+    with open(study_dir / "reproductions.csv", newline="") as f:
+        assert [r["identical"] for r in csv.DictReader(f)] == ["True", "False"]
+
+    # Only recorded runs can be reproduced; nothing is trained for another name.
+    assert _study(trainer, tmp_path, "--reproduce=cifar10/nested_tnt/seed0")[0] == 2
+    assert "not a recorded run" in capsys.readouterr().err and calls() == []
