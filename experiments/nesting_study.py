@@ -283,7 +283,7 @@ def write_table(runs: Sequence[sweep.Run], record: Sequence[Mapping[str, str]],
     if costs:
         c0 = costs[0]
         lines += ["", f"Cost columns: `python -m experiments.nesting_study --costs`, "
-                  f"{c0['date']}, commit {c0['commit']}, host `{c0['host']}`. Each ratio is "
+                  f"{c0['date']}, commit {c0['commit']}, `{c0['host']}`. Each ratio is "
                   "timed against TNT in the same process, in alternating rounds; the img/s of "
                   "different rows come from different processes and drift with the machine's "
                   "load, so compare the ratios. TNT's row times the configured TNT against the "
