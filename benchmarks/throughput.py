@@ -346,8 +346,8 @@ def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) ->
     after compilation or right after the same neighbour.
     """
     results = {name: [] for name in benches}
+    order = list(benches.items())
     for r in range(rounds):
-        order = list(benches.items())
         for name, bench in (order if r % 2 == 0 else order[::-1]):
             results[name].append(_median_img_per_sec(getattr(bench, attr), batch, iters))
     return {name: statistics.median(values) for name, values in results.items()}

@@ -116,13 +116,22 @@ def host() -> str:
     return host_line(host_description())
 
 
+def validation_rows(workdir: pathlib.Path) -> list[dict]:
+    """The run's validation rows of history.jsonl, in step order."""
+    from nested_tnt_jax.metrics import read_history
+
+    return [h for h in read_history(str(workdir)) if h["split"] == "eval"]
+
+
+def utc_minute() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
 def record_run(run: sweep.Run, workdir: pathlib.Path, study_dir: pathlib.Path, commit: str,
                host_text: str) -> dict:
     """Appends the finished run's row to runs.csv and its validation curve to history.csv."""
     results = sweep.load_results(workdir)
-    from nested_tnt_jax.metrics import read_history
-
-    val = [h for h in read_history(str(workdir)) if h["split"] == "eval"]
+    val = validation_rows(workdir)
     best = max(val, key=lambda h: h["top1"]) if val else {}
     row = {
         "run": run.name, "family": run.variant.family, "variant": run.variant.name,
@@ -132,7 +141,7 @@ def record_run(run: sweep.Run, workdir: pathlib.Path, study_dir: pathlib.Path, c
         "best_val_top1": best.get("top1", ""), "best_val_step": best.get("step", ""),
         "train_img_per_sec": results.get("train_img_per_sec_per_device", ""),
         "commit": commit, "host": host_text,
-        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "finished": utc_minute(),
     }
     append_csv(study_dir / "history.csv", HISTORY_COLUMNS, [
         {"run": run.name, "step": h["step"], "val_top1": h["top1"], "val_loss": h["loss"]}
@@ -165,12 +174,10 @@ def _number(value: object) -> float | None:
     return None if value in ("", None) else float(value)
 
 
-def reproduce(run: sweep.Run, work_root: pathlib.Path, study_dir: pathlib.Path,
-              trainer: Sequence[str]) -> int:
-    """Trains a recorded run again and compares it with its row and curve: 0 same, 1 not."""
-    from nested_tnt_jax.metrics import read_history
-
-    recorded = next(r for r in read_csv(study_dir / "runs.csv") if r["run"] == run.name)
+def reproduce(run: sweep.Run, recorded: Mapping[str, str], work_root: pathlib.Path,
+              study_dir: pathlib.Path, trainer: Sequence[str]) -> int:
+    """Trains a recorded run again and compares it with its row of runs.csv (`recorded`) and
+    its curve in history.csv: 0 same, 1 not."""
     root = work_root / "reproduce"
     outcome = sweep.execute([run], root, trainer=trainer,
                             echo=lambda line: print(line, flush=True))[run.name]
@@ -185,7 +192,7 @@ def reproduce(run: sweep.Run, work_root: pathlib.Path, study_dir: pathlib.Path,
     old_curve = [(int(h["step"]), float(h["val_top1"]), float(h["val_loss"]))
                  for h in read_csv(study_dir / "history.csv") if h["run"] == run.name]
     new_curve = [(int(h["step"]), float(h["top1"]), float(h["loss"]))
-                 for h in read_history(str(run.workdir(root))) if h["split"] == "eval"]
+                 for h in validation_rows(run.workdir(root))]
     if old_curve != new_curve:
         step = next((a[0] for a, b in zip(old_curve, new_curve) if a != b),
                     min(len(old_curve), len(new_curve)))
@@ -194,7 +201,7 @@ def reproduce(run: sweep.Run, work_root: pathlib.Path, study_dir: pathlib.Path,
         "run": run.name, "identical": not differences, "differences": "; ".join(differences),
         "recorded_commit": recorded["commit"], "recorded_host": recorded["host"],
         "commit": code_commit(), "host": host(),
-        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}])
+        "finished": utc_minute()}])
     if differences:
         print(f"{run.name}: differs from its record: {'; '.join(differences)}.")
         return 1
@@ -436,14 +443,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(command(run))
         return 0
     if args.reproduce is not None:
-        recorded = {r["run"] for r in read_csv(study_dir / "runs.csv")}
+        record = {r["run"]: r for r in read_csv(study_dir / "runs.csv")}
         run = next((r for r in runs if r.name == args.reproduce), None)
-        if run is None or run.name not in recorded:
+        if run is None or run.name not in record:
             print(f"error: --reproduce={args.reproduce} is not a recorded run of the study; "
-                  f"recorded: {', '.join(sorted(recorded)) or 'none'}.", file=sys.stderr)
+                  f"recorded: {', '.join(sorted(record)) or 'none'}.", file=sys.stderr)
             return 2
         try:
-            return reproduce(run, args.work_root.resolve(), study_dir,
+            return reproduce(run, record[run.name], args.work_root.resolve(), study_dir,
                              shlex.split(args.trainer))
         except sweep.SweepError as e:
             print(f"error: {e}", file=sys.stderr)
