@@ -1,13 +1,16 @@
 """Packaging for nested_tnt_jax.
 
-TensorFlow is an extra rather than a hard dependency: Colab and TPU VM images ship their own
-`tensorflow`, and pulling `tensorflow-cpu` beside it breaks them. clu's TensorBoard writer and
-TFDS dataset preparation need one of the two; `[tf]` installs the CPU build for a bare machine.
+`pip install -e .` trains, evaluates, predicts and draws without TensorFlow: data is read from
+prepared TFDS ArrayRecord files (tensorflow-datasets needs no TensorFlow for that), and
+TensorBoard events are written by tensorboard's own writer. Only preparing a TFDS dataset
+(`download_and_prepare`) needs TensorFlow: `[tf]` installs the CPU build for a bare machine;
+Colab and TPU VM images ship their own `tensorflow`, and pulling `tensorflow-cpu` beside it
+breaks them, so it is never a hard dependency.
 """
 
 from setuptools import find_packages, setup
 
-TF = ["tensorflow-cpu>=2.16", "tensorboard>=2.16"]
+TF = ["tensorflow-cpu>=2.16"]
 
 setup(
     name="nested_tnt_jax",
@@ -15,6 +18,7 @@ setup(
     description="JAX/Flax Nested-TNT: TNT with nested multi-head attention (arXiv 2404.13434).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["nested_tnt_jax", "nested_tnt_jax.*"]),
     install_requires=[
@@ -25,6 +29,7 @@ setup(
         "tensorflow-datasets>=4.9.7",
         "ml-collections>=1.0",
         "clu>=0.0.12",
+        "tensorboard>=2.16",
         "grain>=0.2.10",
         "array-record>=0.7",
         "importlib_resources>=6",

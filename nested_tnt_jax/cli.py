@@ -21,7 +21,7 @@ field, a config file that raised) the same way, with exit code 2.
 
 `setup_logging()` leaves the terminal to what the user needs: at absl's default verbosity
 (`-v 0`) it shows this package's own INFO lines and everyone's warnings, with a short time
-stamp, and drops the other libraries' INFO chatter (orbax internals, TFDS, clu's per-scalar
+stamp, and drops the other libraries' INFO chatter (orbax internals, TFDS, the event writer's
 lines) and the exceptions' tracebacks they log before re-raising; `-v 1` shows everything.
 """
 
@@ -195,31 +195,11 @@ class _ShortFormatter(std_logging.Formatter):
 
 
 def quiet_native_logs(argv: list[str]) -> None:
-    """Turns off native libraries' INFO lines (TensorFlow's, printed when it loads, before
-    any flag is parsed) unless the command line asks for verbosity or the shell set their
-    level. Call at import of a program's main module."""
+    """Turns off native libraries' INFO lines (TensorFlow's, printed when it loads: only
+    TFDS's dataset preparation loads it) unless the command line asks for verbosity or the
+    shell set their level. Call at import of a program's main module."""
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in argv[1:]):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Imports TensorFlow (TFDS and clu load it later) with the process's stderr closed.
-
-    Its native code logs INFO lines as it loads (oneDNN notices, absl's "before
-    InitializeLog" warning) that no environment variable turns off. A failed import is left
-    for the importer to report.
-    """
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401
-            except Exception:  # noqa: BLE001 (reported by the code that needs it)
-                pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def verbose() -> bool:
@@ -242,7 +222,6 @@ def setup_logging() -> None:
 
     if verbose():
         return
-    _import_tensorflow_quietly()
     handler = logging.get_absl_handler()
     handler.addFilter(_Quiet())
     handler.python_handler.setFormatter(_ShortFormatter("%(asctime)s %(message)s", "%H:%M:%S"))

@@ -1,13 +1,22 @@
-"""Reporting: the only clu user, plus the run's JSON outputs and its terminal lines.
+"""Reporting: the run's one clock, its TensorBoard events, JSON outputs and terminal lines.
 
-Scalars go to TensorBoard event files (clu's default writer, whose per-scalar log lines show
-with `-v 1`; only process 0 writes files). The terminal gets one line per logging interval
-(step, loss, accuracy, steps/s, img/s, ETA), one per evaluation and the result. The parameter
-table goes to `workdir/parameters.txt`, the run's config to `workdir/config.json`, and the
-final numbers to `workdir/results.json`. `workdir/history.jsonl` holds one JSON object per
-line: a training row every `log_every_steps` (`TRAIN_KEYS`: means over the interval, the
-learning rate of its last step, img/s over its wall time) and a row per evaluation (split
-"eval" for validation, "test"; `top1`, `top5`, `loss`, `examples`). Process 0 writes them all.
+`Chrono` is the run's only clock (as big_vision's `chrono`): it starts once the first step of
+a session (its compilation and first fetch) has finished, is paused around evaluations and
+checkpoint saves, and gives the steps/s of each logging interval and of the whole session.
+Scalars and the config (TensorBoard's HParams tab) go to TensorBoard event files through
+tensorboard's own event-file writer, which needs no TensorFlow; only process 0 writes files,
+and each scalar is also logged at `-v 1`. The terminal gets one line per logging interval
+(step, loss, accuracy, steps/s, img/s, ETA), an early progress line, one per evaluation and
+the result. The parameter table (clu's `parameter_overview`) goes to
+`workdir/parameters.txt`, the run's config to `workdir/config.json`, and the final numbers to
+`workdir/results.json`. `workdir/history.jsonl` holds one JSON object per line: a training row
+every `log_every_steps` (`TRAIN_KEYS`: means over the interval, the learning rate of its last
+step, img/s over its training time) and a row per evaluation (split "eval" for validation,
+"test"; `top1`, `top5`, `loss`, `examples`). Process 0 writes them all.
+
+Every rate the terminal shows is measured over steps that ran: the callers synchronise with
+the device before they read the clock (jax dispatches steps asynchronously, so a clock read
+without it counts dispatched steps, not finished ones).
 """
 
 import json
@@ -26,16 +35,109 @@ CONFIG_FILE = "config.json"
 PARAMETERS_FILE = "parameters.txt"
 # The keys of a training row of history.jsonl, in order (other tools read them).
 TRAIN_KEYS = ("step", "split", "loss", "accuracy", "learning_rate", "grad_norm", "img_per_sec")
+# Steps after the clock starts at which the early progress line is printed (before the first
+# logging interval ends), so that a long interval does not leave the terminal silent.
+EARLY_LINE_AFTER_STEPS = 10
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`1:02:03` or `2:03` (h:mm:ss or m:ss)."""
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+class Chrono:
+    """The run's one clock: training time of this session, evaluations and saves left out.
+
+    `start(step)` once the session's first step has finished (so compilation and the first
+    fetch are not timed); `pause()` / `resume()` around work that is not training;
+    `interval_rate(step)` is the steps/s since the previous call (or the start), and `timed()`
+    the steps and seconds of the whole session. Synchronise with the device before reading.
+    """
+
+    def __init__(self) -> None:
+        self.start_step: int | None = None
+        self._seconds = 0.0  # Training seconds before the current span.
+        self._since: float | None = None  # When the current span began; None while paused.
+        self._mark: tuple[int, float] = (0, 0.0)  # (step, training seconds) of the last read.
+
+    @property
+    def started(self) -> bool:
+        return self.start_step is not None
+
+    def start(self, step: int) -> None:
+        self.start_step = step
+        self._mark = (step, 0.0)
+        self._since = time.perf_counter()
+
+    def _elapsed(self) -> float:
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self._seconds + running
+
+    def pause(self) -> None:
+        if self._since is not None:
+            self._seconds = self._elapsed()
+            self._since = None
+
+    def resume(self) -> None:
+        if self.started and self._since is None:
+            self._since = time.perf_counter()
+
+    def interval_rate(self, step: int) -> float | None:
+        """Steps/s since the last call (or the start); None before the clock started."""
+        if not self.started or step <= self._mark[0]:
+            return None
+        now = self._elapsed()
+        rate = (step - self._mark[0]) / max(now - self._mark[1], 1e-9)
+        self._mark = (step, now)
+        return rate
+
+    def timed(self, step: int) -> tuple[int, float]:
+        """(steps, seconds) of training timed in this session, up to `step`."""
+        if not self.started:
+            return 0, 0.0
+        return step - self.start_step, self._elapsed()
+
+
+class EventWriter:
+    """Scalars and hparams to a TensorBoard event file in `logdir`, through tensorboard's own
+    event-file writer (asynchronous, no TensorFlow needed). Each scalar is also logged at
+    `-v 1`."""
+
+    def __init__(self, logdir: str):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(logdir)
+
+    def _add(self, step: int, summary) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+
+        for tag, value in scalars.items():
+            self._add(step, scalar_pb(tag, float(value)))
+        logging.debug("[%d] %s", step, ", ".join(f"{k}={v}" for k, v in scalars.items()))
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+
+        self._add(0, hparams_pb(dict(hparams)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class Reporter:
-    """Writers, history and terminal lines for one run in `workdir`, from `start_step`.
+    """Event writer, history and terminal lines for one run in `workdir`, from `start_step`,
+    with its rates read from `chrono`.
 
     A resumed run's history keeps only the rows of the steps before `start_step` (rows a
     stopped run wrote after its last checkpoint are written again as the run redoes those
@@ -43,27 +145,16 @@ class Reporter:
     """
 
     def __init__(self, workdir: str, num_train_steps: int, log_every_steps: int,
-                 batch_size: int, start_step: int = 0):
-        # clu brings in TensorFlow (seconds to import): loaded when a run starts reporting,
-        # so that a refused config or dataset need not wait for it.
-        from clu import metric_writers, periodic_actions
-
+                 batch_size: int, chrono: Chrono, start_step: int = 0):
         self.workdir = workdir
+        self.chrono = chrono
         self._primary = jax.process_index() == 0
         self._total = num_train_steps
         self._batch = batch_size
         self._log_every = log_every_steps
-        self._clock: tuple[int, float] | None = None  # (step, time) the current interval began
-        self._early: int | None = None
         if self._primary:
             self._trim_history(start_step)
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=not self._primary, asynchronous=True
-        )
-        self.progress = periodic_actions.ReportProgress(
-            num_train_steps=num_train_steps, writer=self.writer, every_steps=log_every_steps,
-            every_secs=None,
-        )
+        self.writer = EventWriter(workdir) if self._primary else None
 
     def _trim_history(self, start_step: int) -> None:
         path = os.path.join(self.workdir, HISTORY_FILE)
@@ -76,30 +167,29 @@ class Reporter:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
             os.replace(path + ".tmp", path)
 
-    def started(self, step: int) -> None:
-        """The first step of this session (and its compilation) finished at `step`: the
-        throughput clock starts here, and an early progress line follows a few steps on."""
-        self._clock = (step, time.perf_counter())
-        early = step + 10
-        first_log = (step // self._log_every + 1) * self._log_every
-        self._early = early if early < min(first_log, self._total) else None
+    def early_line_due(self, step: int) -> bool:
+        """Whether `step` gets the early progress line: `EARLY_LINE_AFTER_STEPS` after the
+        clock started, when that comes before the first logging interval ends."""
+        start = self.chrono.start_step
+        if start is None or step != start + EARLY_LINE_AFTER_STEPS:
+            return False
+        first_log = (start // self._log_every + 1) * self._log_every
+        return step < min(first_log, self._total)
 
-    def exclude(self, seconds: float) -> None:
-        """Leaves `seconds` (an evaluation) out of the current interval's throughput."""
-        if self._clock is not None:
-            self._clock = (self._clock[0], self._clock[1] + seconds)
-
-    def step_done(self, step: int) -> None:
-        """Per-step bookkeeping (clu's progress, and the early progress line)."""
-        self.progress(step)
-        if step == self._early and self._clock is not None:
-            rate = (step - self._clock[0]) / max(time.perf_counter() - self._clock[1], 1e-9)
+    def write_progress(self, step: int) -> None:
+        """The early progress line (call `early_line_due` first, then synchronise)."""
+        rate = self.chrono.interval_rate(step)
+        if rate:
             self._say(f"step {step}/{self._total}: {rate:.2f} steps/s, "
-                      f"{rate * self._batch:,.0f} img/s, ETA {_duration((self._total - step) / rate)}")
+                      f"{rate * self._batch:,.0f} img/s, ETA {duration((self._total - step) / rate)}")
 
     def _say(self, line: str) -> None:
         if self._primary:
             logging.info("%s", line)
+
+    def _write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if self.writer is not None:
+            self.writer.write_scalars(step, scalars)
 
     def log_parameters(self, params: Any) -> int:
         """Writes the parameter table (shapes and statistics) to `workdir/parameters.txt` and
@@ -135,33 +225,33 @@ class Reporter:
                     flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
 
         visit("", config.to_dict())
-        self.writer.write_hparams(flat)
+        if self.writer is not None:
+            self.writer.write_hparams(flat)
 
     def write_train(self, step: int, metrics: Mapping[str, float]) -> None:
         """Train scalars (means over the last logging interval; `learning_rate` that of its
-        last step) to the writers, history.jsonl and the terminal."""
-        self.writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-        now = time.perf_counter()
-        img_per_sec = None
-        if self._clock is not None and step > self._clock[0]:
-            steps_per_sec = (step - self._clock[0]) / max(now - self._clock[1], 1e-9)
-            img_per_sec = steps_per_sec * self._batch
-        self._clock = (step, now)
+        last step) to the events, history.jsonl and the terminal. Its steps/s is the clock's
+        interval rate: the caller has synchronised (fetching the step's metrics does)."""
+        rate = self.chrono.interval_rate(step)
+        img_per_sec = rate * self._batch if rate else None
+        self._write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+        if rate:
+            self._write_scalars(step, {"steps_per_sec": rate})
         row = {"step": int(step), "split": "train",
                **{k: float(metrics[k]) for k in TRAIN_KEYS[2:-1]}, "img_per_sec": img_per_sec}
         self._append(row)
         line = (f"step {step}/{self._total}: loss {metrics['loss']:.4f}, accuracy "
                 f"{100 * metrics['accuracy']:.1f}%")
-        if img_per_sec:
-            rate = img_per_sec / self._batch
+        if rate:
             line += (f", {rate:.2f} steps/s, {img_per_sec:,.0f} img/s, ETA "
-                     f"{_duration((self._total - step) / rate)}")
+                     f"{duration((self._total - step) / rate)}")
         self._say(line)
 
     def write_eval(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
         """Eval scalars to the writers, one line to history.jsonl and to the terminal."""
-        self.writer.write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
-        self.writer.flush()
+        self._write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
+        if self.writer is not None:
+            self.writer.flush()
         self._append({"step": int(step), "split": split,
                       **{k: float(v) for k, v in metrics.items()}})
         self._say(eval_line(step, split, metrics))
@@ -179,8 +269,8 @@ class Reporter:
                 json.dump({k: _plain(v) for k, v in results.items()}, f, indent=2)
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()  # Flushes first.
 
 
 def eval_line(step: int, split: str, metrics: Mapping[str, float]) -> str:

@@ -22,7 +22,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_tnt_jax import checkpointing, workdir
+from nested_tnt_jax import checkpointing, extras, workdir
 from nested_tnt_jax.errors import CheckpointError, ConfigError
 
 PyTree = Any
@@ -39,6 +39,16 @@ def digest(taken: dict[str, np.ndarray]) -> str:
         h.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
         h.update(value.tobytes())
     return h.hexdigest()
+
+
+def check_packages(init_from: str) -> None:
+    """ConfigError naming what to install when `init_from` is a timm file whose reader (torch,
+    or safetensors for `.safetensors`) is not installed."""
+    if init_from.endswith(TIMM_SUFFIXES):
+        reader = "safetensors" if init_from.endswith(".safetensors") else "torch"
+        extras.require(reader, f"config.init_from {init_from!r} (a timm checkpoint file)",
+                       "use the model's .safetensors file, which needs only safetensors"
+                       if reader == "torch" else "")
 
 
 def _check_source_not_training(init_from: str) -> None:

@@ -9,12 +9,14 @@ rule by the module that owns its fields), the workdir is locked for this trainer
 left as it is.
 """
 
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -199,6 +201,35 @@ def _finished(workdir: str) -> dict | None:
         return json.load(f)
 
 
+@dataclasses.dataclass
+class Run:
+    """What the stages of `train_and_evaluate` share: the run's setup, fixed once made."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    sizes: dict[str, int]  # Examples per role: "train", "validation", "test".
+    total_steps: int
+    mesh: jax.sharding.Mesh
+    model: Any
+    tx: Any
+    schedule: Any
+    init_state: Callable[[Any], steps.TrainState]  # pre-trained parameters -> fresh state
+    abstract: steps.TrainState
+    state_sharding: steps.TrainState
+    eval_fn: Callable[[PyTree, dict], dict]
+    chrono: metrics.Chrono
+    wall_start: float
+
+    def eval_batches(self, split: str) -> data.EvalBatches:
+        config = self.config
+        return data.create_eval_batches(
+            config.dataset, config.augment, config.input, split=split,
+            global_batch_size=_eval_batch_size(config), image_size=config.image_size)
+
+    def evaluate(self, params: PyTree, split: str) -> dict[str, float]:
+        return evaluate(self.eval_fn, params, self.eval_batches(split), self.mesh)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        reevaluate: bool = False) -> dict[str, Any] | None:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint), then tests.
@@ -209,28 +240,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoint on the validation and test splits and returns those numbers, writing nothing.
     Errors that explain themselves are `errors.EXPLAINED`; `ConfigError`s are raised before
     anything is read or written.
+
+    The stages, in order: `validate_config` and `check_packages` (refuse before anything is
+    read), the lock, `_setup` (data checked end to end, model, optimiser, compiled-to-be
+    functions), `_restore_or_init` (the first write to the workdir, then the state),
+    `_start_reporting` (history, events, the start block), `_train` (the loop: steps, logs,
+    evaluations, checkpoints, stop signals) and `_test`
+    (the final test and results.json); a finished run goes to `_reevaluate` instead.
     """
     validate_config(config)
+    check_packages(config)
     wall_start = time.time()
     lock = _lock(workdir)
     try:
-        return _train_and_evaluate(config, workdir, lock, reevaluate, wall_start)
+        workdir_lib.check_resume(workdir, config)
+        finished = _finished(workdir)
+        if finished is not None and not reevaluate:
+            _say_finished(workdir, finished)
+            return finished
+        run = _setup(config, workdir, wall_start)
+        if finished is not None:
+            return _reevaluate(run)
+        state, checkpointer, init_record = _restore_or_init(run, lock)
+        start_step = int(state.step)
+        reporter = _start_reporting(run, state, start_step, init_record)
+        state, last_saved, preempted = _train(run, state, checkpointer, reporter)
+        if preempted:
+            return None
+        return _test(run, state, reporter, start_step, last_saved, init_record)
     finally:
         lock.undo()  # Removes what the lock created, unless the run wrote (`lock.keep`).
 
 
-def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
-    workdir_lib.check_resume(workdir, config)
-    finished = _finished(workdir)
-    if finished is not None and not reevaluate:
-        logging.info(
-            "The run in %s already finished at step %s (test top-1 %.1f%%, %s). Its results, "
-            "history and events are left as they are; pass --reevaluate to evaluate its final "
-            "checkpoint again (nothing is written). A longer run needs a new --workdir "
-            "(optionally --config.init_from=%s).", workdir, finished.get("steps"),
-            100 * finished.get("test_top1", float("nan")),
-            os.path.join(workdir, metrics.RESULTS_FILE), workdir)
-        return finished
+def check_packages(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming what to install when the run needs a package that is not
+    installed: TensorFlow to prepare a dataset that is not prepared yet (`data.datasets`),
+    torch or safetensors to fine-tune from a timm file (`pretrained`). Reads the data_dir's
+    metadata only; writes nothing."""
+    data.check_packages(config.dataset.name, config.dataset.data_dir)
+    pretrained.check_packages(config.init_from)
+
+
+def _say_finished(workdir: str, finished: dict) -> None:
+    logging.info(
+        "The run in %s already finished at step %s (test top-1 %.1f%%, %s). Its results, "
+        "history and events are left as they are; pass --reevaluate to evaluate its final "
+        "checkpoint again (nothing is written). A longer run needs a new --workdir "
+        "(optionally --config.init_from=%s).", workdir, finished.get("steps"),
+        100 * finished.get("test_top1", float("nan")),
+        os.path.join(workdir, metrics.RESULTS_FILE), workdir)
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str, wall_start: float) -> Run:
+    """Every split read end to end, then the mesh, model, optimiser, the state's shapes and
+    shardings and the evaluation function. Writes nothing."""
     ds = config.dataset
     info = data.dataset_info(ds.name)
     sizes = {}
@@ -245,11 +308,6 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
                                 img_size=config.image_size, **config.model.overrides.to_dict())
     tx, schedule = optim.create_optimizer(config.optim, total_steps)
 
-    def eval_batches(split: str) -> data.EvalBatches:
-        return data.create_eval_batches(
-            ds, config.augment, config.input, split=split,
-            global_batch_size=_eval_batch_size(config), image_size=config.image_size)
-
     # Shapes and shardings come from an abstract init; the real init is jitted with those
     # out_shardings, so parameters are created directly where they live (pre-trained ones
     # included: `overlay` runs inside the jit, on every process alike).
@@ -262,110 +320,155 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
 
     abstract = jax.eval_shape(init_state, None)
     state_sharding = _state_shardings(abstract, mesh)
+    eval_fn = jax.jit(
+        functools.partial(steps.eval_step, model=model, preprocess=_preprocess_fn(config, info)),
+        in_shardings=(state_sharding.params, sharding.data_sharding(mesh)),
+        out_shardings=sharding.replicated_sharding(mesh),
+        compiler_options=xla_options.step_compiler_options(),
+    )
+    return Run(config=config, workdir=workdir, sizes=sizes, total_steps=total_steps, mesh=mesh,
+               model=model, tx=tx, schedule=schedule, init_state=init_state,
+               abstract=abstract, state_sharding=state_sharding, eval_fn=eval_fn,
+               chrono=metrics.Chrono(), wall_start=wall_start)
+
+
+def _restore(run: Run, checkpointer: checkpointing.Checkpointer) -> steps.TrainState | None:
+    """The newest readable checkpoint of the workdir, placed per the run's shardings."""
+    try:
+        return checkpointer.restore(jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            run.abstract, run.state_sharding))
+    except checkpointing.CheckpointError:
+        checkpointer.close()
+        raise
+
+
+def _reevaluate(run: Run) -> dict[str, Any]:
+    """--reevaluate of a finished run: its final checkpoint on the validation and test
+    splits, numbers to the terminal, nothing written."""
+    checkpointer = checkpointing.Checkpointer(run.workdir,
+                                              max_to_keep=run.config.max_checkpoints_to_keep)
+    state = _restore(run, checkpointer)
+    checkpointer.close()
+    step = int(state.step)
+    numbers = {}
+    for split, name in ((run.config.dataset.eval_split, "eval"),
+                        (run.config.dataset.test_split, "test")):
+        numbers[name] = run.evaluate(state.params, split)
+        logging.info("Re-evaluated: %s", metrics.eval_line(step, name, numbers[name]))
+    return {"step": step, **numbers}
+
+
+def _restore_or_init(run: Run, lock: workdir_lib.Lock
+                     ) -> tuple[steps.TrainState, checkpointing.Checkpointer, dict | None]:
+    """The run's first write (config.json, with what `init_from` loaded), then its state:
+    restored from the newest checkpoint, else initialised (from `init_from` if given).
+    Returns the state, the open checkpointer and the init_from record."""
+    config, workdir = run.config, run.workdir
     taken, init_record = None, (workdir_lib.read_config(workdir) or {}).get(
         workdir_lib.INIT_RECORD)
     if config.init_from and not checkpointing.has_checkpoints(workdir):
         taken, init_record = pretrained.load(
-            config.init_from, config.model.name, config.image_size, abstract.params)
-    if finished is None:
-        _prepare_workdir(workdir, config, init_record)
-        lock.keep()
+            config.init_from, config.model.name, config.image_size, run.abstract.params)
+    _prepare_workdir(workdir, config, init_record)
+    lock.keep()
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
-    try:
-        state = checkpointer.restore(jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract, state_sharding))
-    except checkpointing.CheckpointError:
-        checkpointer.close()
-        raise
-    resumed = state is not None
-    if not resumed:
-        state = jax.jit(init_state, out_shardings=state_sharding)(taken)
-    start_step = int(state.step)
+    state = _restore(run, checkpointer)
+    if state is None:
+        state = jax.jit(run.init_state, out_shardings=run.state_sharding)(taken)
+    return state, checkpointer, init_record
 
-    preprocess = _preprocess_fn(config, info)
-    replicated = sharding.replicated_sharding(mesh)
-    batch_sharding = sharding.data_sharding(mesh)
-    compiler_options = xla_options.step_compiler_options()
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model=model, preprocess=preprocess),
-        in_shardings=(state_sharding.params, batch_sharding),
-        out_shardings=replicated,
-        compiler_options=compiler_options,
-    )
-    if finished is not None:  # --reevaluate: numbers to the terminal, nothing written.
-        checkpointer.close()
-        numbers = {}
-        for split, name in ((ds.eval_split, "eval"), (ds.test_split, "test")):
-            numbers[name] = evaluate(eval_fn, state.params, eval_batches(split), mesh)
-            logging.info("Re-evaluated: %s", metrics.eval_line(start_step, name, numbers[name]))
-        return {"step": start_step, **numbers}
 
-    # With several processes, tells jax's preemption protocol where the run starts, so that a
-    # SIGTERM that arrives while the steps compile stops the run at its first step.
-    checkpointer.reached_preemption(start_step)
-    reporter = metrics.Reporter(workdir, total_steps, config.log_every_steps,
-                                config.batch_size, start_step=start_step)
-    reporter.write_config(config)
-    num_params = reporter.log_parameters(state.params)
-    epochs = total_steps * config.batch_size / sizes["train"]
-    reporter.log_start({
+def _start_lines(run: Run, num_params: int, start_step: int, init_record: dict | None
+                 ) -> dict[str, str]:
+    """The `Training:` block printed when the loop starts."""
+    config, ds, sizes = run.config, run.config.dataset, run.sizes
+    epochs = run.total_steps * config.batch_size / sizes["train"]
+    origin = ""
+    if init_record:
+        origin = f", from {init_record['path']}" + (
+            f" step {init_record['step']}" if init_record.get("step") is not None else "")
+    return {
         "model": f"{config.model.name}, {num_params:,} parameters (table: "
-                 f"{os.path.join(workdir, metrics.PARAMETERS_FILE)})",
+                 f"{os.path.join(run.workdir, metrics.PARAMETERS_FILE)})",
         "dataset": f"{ds.name}: train {ds.train_split!r} {sizes['train']:,}, validation "
                    f"{ds.eval_split!r} {sizes['validation']:,}, test {ds.test_split!r} "
                    f"{sizes['test']:,} images",
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform} "
                    f"({jax.process_count()} process(es))",
-        "workdir": workdir,
-        "run": (f"resumed from step {start_step} of {total_steps}" if resumed else
-                f"fresh, {total_steps:,} steps of batch {config.batch_size} "
-                f"({epochs:.1f} epochs)")
-               + (f", from {init_record['path']}" + (f" step {init_record['step']}"
-                  if init_record.get("step") is not None else "") if init_record else ""),
-    })
+        "workdir": run.workdir,
+        "run": (f"resumed from step {start_step} of {run.total_steps}" if start_step else
+                f"fresh, {run.total_steps:,} steps of batch {config.batch_size} "
+                f"({epochs:.1f} epochs)") + origin,
+    }
+
+
+def _start_reporting(run: Run, state: steps.TrainState, start_step: int,
+                     init_record: dict | None) -> metrics.Reporter:
+    """The reporter (history trimmed to `start_step`, events, config), the parameter table
+    and the `Training:` block."""
+    config = run.config
+    reporter = metrics.Reporter(run.workdir, run.total_steps, config.log_every_steps,
+                                config.batch_size, run.chrono, start_step=start_step)
+    reporter.write_config(config)
+    num_params = reporter.log_parameters(state.params)
+    reporter.log_start(_start_lines(run, num_params, start_step, init_record))
+    return reporter
+
+
+def _train(run: Run, state: steps.TrainState, checkpointer: checkpointing.Checkpointer,
+           reporter: metrics.Reporter) -> tuple[steps.TrainState, int, bool]:
+    """The loop from the state's step to the last: a step per batch; every interval the
+    metrics are fetched, checked finite and logged; evaluations and checkpoints at their
+    frequencies and at the last step; SIGTERM / Ctrl-C (or jax's preemption notice) saves
+    and stops. Returns the final state, the step of the last checkpoint and whether the run
+    was stopped early. Closes the checkpointer, whose last save has then completed."""
+    config, mesh, ds = run.config, run.mesh, run.config.dataset
+    start_step = last_saved = int(state.step)
+    # With several processes, tells jax's preemption protocol where the run starts, so that a
+    # SIGTERM that arrives while the steps compile stops the run at its first step.
+    checkpointer.reached_preemption(start_step)
     train_iter = data.create_train_iterator(
         ds, config.augment, config.input, global_batch_size=config.batch_size,
         image_size=config.image_size, seed=config.seed, start_step=start_step)
+    info = data.dataset_info(ds.name)
     train_fn = jax.jit(
-        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                          preprocess=preprocess, grad_accum_steps=config.optim.grad_accum_steps),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated),
+        functools.partial(steps.train_step, model=run.model, tx=run.tx, schedule=run.schedule,
+                          preprocess=_preprocess_fn(config, info),
+                          grad_accum_steps=config.optim.grad_accum_steps),
+        in_shardings=(run.state_sharding, sharding.data_sharding(mesh)),
+        out_shardings=(run.state_sharding, sharding.replicated_sharding(mesh)),
         donate_argnums=0,
-        compiler_options=compiler_options,
+        compiler_options=xla_options.step_compiler_options(),
     )
-    validation = eval_batches(ds.eval_split)
-
-    last_saved = start_step
+    validation = run.eval_batches(ds.eval_split)
+    chrono = run.chrono
     pending: list[tuple[int, Any]] = []
     stop = checkpointing.StopSignal().install()
-    timed_steps, timed_seconds, timer = 0, 0.0, None
     preempted = False
     try:
-        for step in range(start_step + 1, total_steps + 1):
+        for step in range(start_step + 1, run.total_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 host = next(train_iter)
                 batch = sharding.global_batch(
                     {"image": host["image"], "label": host["label"]}, mesh)
                 state, step_metrics = train_fn(state, batch)
             pending.append((step, step_metrics))
-            if timer is None:  # The first step of a session compiles: not timed.
+            if not chrono.started:  # The session's first step compiles: not timed.
                 jax.block_until_ready(state)
-                timer = time.perf_counter()
-                reporter.started(step)
-            else:
-                timed_steps += 1
-            reporter.step_done(step)
+                chrono.start(step)
+            elif reporter.early_line_due(step):
+                jax.block_until_ready(state)
+                reporter.write_progress(step)
 
             preempted = stop.is_set() or checkpointer.reached_preemption(step)
-            is_last = step == total_steps
+            is_last = step == run.total_steps
             do_log = step % config.log_every_steps == 0 or is_last
             do_eval = step % config.eval_every_steps == 0 and not is_last
             do_save = step % config.checkpoint_every_steps == 0 or is_last or preempted
             if do_log or do_eval or do_save:
                 values = [(s, {k: float(v) for k, v in jax.device_get(m).items()})
-                          for s, m in pending]
+                          for s, m in pending]  # Fetching waits for the step: synchronised.
                 pending.clear()
                 _check_finite(values)
                 if do_log:
@@ -374,55 +477,58 @@ def _train_and_evaluate(config, workdir, lock, reevaluate, wall_start):
                     reporter.write_train(step, means)
             if do_eval or do_save:
                 jax.block_until_ready(state)
-                timed_seconds += time.perf_counter() - timer
+                chrono.pause()
                 if do_save:
                     checkpointer.save(state, step)
                     last_saved = step
                 if do_eval:
-                    started = time.perf_counter()
-                    reporter.write_eval(step, "eval", evaluate(eval_fn, state.params, validation,
-                                                               mesh))
-                    reporter.exclude(time.perf_counter() - started)
-                timer = time.perf_counter()
+                    reporter.write_eval(step, "eval", evaluate(run.eval_fn, state.params,
+                                                               validation, mesh))
+                chrono.resume()
             if preempted:
                 logging.warning("Stopped at step %d on request; checkpoint saved. Run the same "
                                 "command again to resume.", step)
                 break
-        if timer is not None and not preempted:
-            jax.block_until_ready(state)
-            timed_seconds += time.perf_counter() - timer
+        jax.block_until_ready(state)
+        chrono.pause()
     finally:
         stop.uninstall()
         checkpointer.close()
     if preempted:
         reporter.close()
-        return None
+    return state, last_saved, preempted
 
-    test = evaluate(eval_fn, state.params, eval_batches(ds.test_split), mesh)
+
+def _test(run: Run, state: steps.TrainState, reporter: metrics.Reporter, start_step: int,
+          last_saved: int, init_record: dict | None) -> dict[str, Any]:
+    """The final test, results.json and the closing line."""
+    config = run.config
+    test = run.evaluate(state.params, config.dataset.test_split)
     final_step = int(state.step)
     reporter.write_eval(final_step, "test", test)
-    images = timed_steps * config.batch_size
+    timed_steps, timed_seconds = run.chrono.timed(final_step)
     results = {
         "test_top1": test["top1"],
         "test_top5": test["top5"],
         "test_loss": test["loss"],
         "test_examples": test["examples"],
-        "num_params": int(num_params),
+        "num_params": sum(int(p.size) for p in jax.tree.leaves(state.params)),
         "steps": final_step,
         "resumed_from_step": start_step,
         "last_checkpoint_step": last_saved,
         "train_img_per_sec_per_device": (
-            images / timed_seconds / jax.device_count() if timed_seconds > 0 else None),
-        "wall_time_s": time.time() - wall_start,
+            timed_steps * config.batch_size / timed_seconds / jax.device_count()
+            if timed_seconds > 0 else None),
+        "wall_time_s": time.time() - run.wall_start,
         "model": config.model.name,
-        "dataset": ds.name,
+        "dataset": config.dataset.name,
         "devices": jax.device_count(),
         "init_from": init_record,
     }
     reporter.write_results(results)
     reporter.close()
     logging.info("Finished in %s: test top-1 %.2f%%, top-5 %.2f%% on %s images; results in %s",
-                 metrics._duration(results["wall_time_s"]), 100 * test["top1"],
+                 metrics.duration(results["wall_time_s"]), 100 * test["top1"],
                  100 * test["top5"], f"{test['examples']:,}",
-                 os.path.join(workdir, metrics.RESULTS_FILE))
+                 os.path.join(run.workdir, metrics.RESULTS_FILE))
     return results

@@ -228,3 +228,21 @@ def test_history_has_training_rows_apart_from_the_evaluations(reference):
     assert [(h["step"], h["split"]) for h in evaluations] == [(6, "eval"), (12, "test")]
     for row in evaluations:
         assert set(row) == {"step", "split", "top1", "top5", "loss", "examples"}
+
+
+def test_the_first_progress_line_does_not_overstate_the_speed(env, tmp_path):
+    """A run whose first logging interval is long prints an early progress line 10 steps
+    after its first (compiling) step. Its steps/s must be measured over steps that ran, so it
+    is at most twice the whole run's rate (steps are dispatched asynchronously: counted when
+    dispatched, 10 steps "ran" in a fraction of their time)."""
+    workdir = tmp_path / "run"
+    every = ["--config.log_every_steps=40", "--config.eval_every_steps=40",
+             "--config.checkpoint_every_steps=40"]
+    proc = cli_runs.run(cli_runs.command(workdir, *every, config_args="steps=40"), env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    early = [line for line in proc.stderr.splitlines() if "step 11/40: " in line]
+    assert len(early) == 1, proc.stderr[-4000:]
+    first_rate = float(early[0].split("step 11/40: ")[1].split(" steps/s")[0])
+    results = cli_runs.results(workdir)
+    whole_rate = results["train_img_per_sec_per_device"] * results["devices"] / 16  # batch 16
+    assert first_rate <= 2 * whole_rate, (first_rate, whole_rate)

@@ -4,6 +4,7 @@ and on-device batch preprocessing (see docs/architecture.md, "Data interface")."
 from nested_tnt_jax.data.datasets import (
     DATASETS,
     DatasetInfo,
+    check_packages,
     dataset_info,
     open_source,
     resolve_data_dir,
@@ -16,6 +17,7 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "EvalBatches",
+    "check_packages",
     "create_eval_batches",
     "create_train_iterator",
     "dataset_info",

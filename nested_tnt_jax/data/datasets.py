@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from nested_tnt_jax import extras
+
 # Host name look-up plus TCP connect; a machine without network answers at once, a
 # firewalled one would hang, so the probe is bounded.
 _NETWORK_PROBE_TIMEOUT_S = 3.0
@@ -132,6 +134,23 @@ def _prepare_or_raise(name: str, data_dir: str) -> None:
         f"in {manual_dir} so TFDS can prepare it offline; or point dataset.data_dir (or "
         "$TFDS_DATA_DIR) at a directory that already holds it."
     )
+
+
+def check_packages(name: str, data_dir: str | None) -> None:
+    """ConfigError (naming the `[tf]` extra) when `name` is not prepared in `data_dir` and
+    TensorFlow, which TFDS needs to prepare it, is not installed. Reads metadata only."""
+    if extras.installed("tensorflow"):
+        return
+    data_dir = resolve_data_dir(data_dir)
+    if tfds.builder(name, data_dir=data_dir, file_format="array_record").is_prepared():
+        return
+    extras.require(
+        "tensorflow",
+        f"Dataset {name!r} is not prepared in data_dir {data_dir!r}, and preparing it (TFDS's "
+        "download_and_prepare)",
+        f"point config.dataset.data_dir (or $TFDS_DATA_DIR) at a directory holding a prepared "
+        f"ArrayRecord copy ({name}/<version>/ with dataset_info.json, features.json and the "
+        f"{name}-<split>.array_record-* files); training itself needs no TensorFlow")
 
 
 def open_source(name: str, split: str, data_dir: str | None = None):
