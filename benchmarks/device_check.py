@@ -60,7 +60,8 @@ VERSIONS = """
 import importlib.metadata as m
 found = []
 for name in ("jax", "jaxlib", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "numpy",
-             "protobuf", "torch", "timm", "tensorflow-datasets", "grain", "clu", "tensorflow"):
+             "protobuf", "torch", "timm", "tensorflow-datasets", "grain", "clu", "tensorflow",
+             "tensorflow-cpu"):
     try:
         found.append(f"{name} {m.version(name)}")
     except m.PackageNotFoundError:

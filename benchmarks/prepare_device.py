@@ -66,10 +66,8 @@ xarray xxhash yarl zipp
 IMAGE = frozenset(_IMAGE_NAMES.split())
 
 # What travels: NAME==VERSION, and why the check needs it there. Versions as the project's
-# tested environment has them (they work with jax 0.10-0.11 and flax 0.12). The dependencies
-# each one declares that are neither here nor in IMAGE go unmet on purpose: `promise`
-# (tensorflow-datasets; no wheel, and not imported for a prepared data_dir) and `portpicker`
-# (grain; multi-host and remote workers only). `device_check.py` prints `pip check` there.
+# tested environment has them (they work with jax 0.10-0.11 and flax 0.12). Each one's declared
+# needs are here or in IMAGE; `device_check.py` prints `pip check`'s report there.
 WHEELS = {
     "tensorflow-datasets==4.9.10": "the data: tfds.data_source and builders over the data_dir",
     "array-record==0.8.6": "the ArrayRecord files TFDS reads, and the split integrity check",
@@ -86,7 +84,11 @@ WHEELS = {
     "googleapis-common-protos==1.76.0": "imported by tensorflow-metadata",
     "importlib-resources==7.1.0": "etils.epath (TFDS's paths) and the project's requirements",
     "tensorboardX==2.6.5": "TensorBoard event files without TensorFlow (metrics.py)",
+    "promise==2.3": "imported by tensorflow-datasets",
+    "portpicker==1.6.0": "imported by grain",
 }
+# Released as source only: built here into a wheel (pure Python, any CPython 3).
+SOURCE_ONLY = frozenset({"promise==2.3"})
 # Never carried, whatever WHEELS says: the image's accelerator builds and their base.
 NEVER = frozenset({"jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "torch",
                    "torchvision", "numpy", "tensorflow", "tensorflow-cpu"})
@@ -116,11 +118,13 @@ def check_wheel_list(wheels: dict[str, str]) -> list[str]:
 def download_wheels(dest: pathlib.Path, python_version: str) -> list[pathlib.Path]:
     """The wheels of WHEELS for CPython `python_version` on manylinux x86_64, in `dest`."""
     dest.mkdir(parents=True)
-    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-               "--only-binary=:all:", "--python-version", python_version,
-               "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS],
-               "-d", str(dest), *WHEELS]
-    subprocess.run(command, check=True)
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", python_version, "--implementation", "cp",
+                    *[f"--platform={p}" for p in PLATFORMS], "-d", str(dest),
+                    *(spec for spec in WHEELS if spec not in SOURCE_ONLY)], check=True)
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), *SOURCE_ONLY],
+                   check=True)
     files = sorted(dest.glob("*.whl"))
     names = {normalise(f.name.split("-")[0]) for f in files}
     missing = {normalise(s.split("==")[0]) for s in WHEELS} - names
