@@ -83,7 +83,6 @@ WHEELS = {
     "tensorflow-metadata==1.21.0": "imported by tensorflow-datasets (its feature protos)",
     "googleapis-common-protos==1.76.0": "imported by tensorflow-metadata",
     "importlib-resources==7.1.0": "etils.epath (TFDS's paths) and the project's requirements",
-    "tensorboardX==2.6.5": "TensorBoard event files without TensorFlow (metrics.py)",
     "promise==2.3": "imported by tensorflow-datasets",
     "portpicker==1.6.0": "imported by grain",
 }
