@@ -202,7 +202,6 @@ def environment(env: dict, device_dir: pathlib.Path) -> str:
                               "--format=csv,noheader"], capture_output=True, text=True, check=False)
         lines.append(f"gpu: {smi.stdout.strip()}")
     lines.append(f"python: {sys.version.split()[0]} ({PYTHON})")
-    lines.append("versions: " + (_probe(VERSIONS, env) or "?"))
     return "\n".join(lines)
 
 
@@ -337,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         log.write_text(environment(env, device_dir) + "\n\n")
         statuses = {"environment": "ok"}
         statuses["install"] = install(device_dir / "wheels", site, env, log)
+        text = log.read_text().split("\n\n", 1)
+        log.write_text(f"{text[0]}\nversions (the image's and the installed): "
+                       f"{_probe(VERSIONS, env) or '?'}\n\n{text[1]}")
         print(f"install: {statuses['install']}", flush=True)
 
         reports = {}

@@ -36,7 +36,8 @@ def test_the_device_check_runs_every_stage_offline_from_what_travels(tmp_path):
         assert f"| {stage} | ok" in summary, stage
     environment = (tmp_path / "environment.txt").read_text()
     assert "(from .device/manifest.json)" in environment  # no .git travelled
-    assert "tensorflow " not in environment.split("versions: ")[1].split("\n")[0]
+    versions = environment.split("versions (the image's and the installed): ")[1].split("\n")[0]
+    assert "tensorflow-datasets 4.9.10" in versions and "tensorflow " not in versions
     tnt = json.loads((tmp_path / "tnt.json").read_text())
     assert [row["impl"] for row in tnt["rows"]] == ["jax", "jax", "timm", "timm compiled"]
     results = json.loads((tmp_path / "trainer_results.json").read_text())
