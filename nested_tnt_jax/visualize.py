@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbosity", type=int, default=0,
                         help="absl's verbosity: 1 also shows the libraries' log lines")
     args = parser.parse_args(argv)
-    cli.setup_logging(args.verbosity, library_warnings=False)
+    cli.setup_logging(args.verbosity)
     with cli.explained():
         run = runs.load_run(args.workdir)
         model = run.model
