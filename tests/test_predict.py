@@ -248,17 +248,18 @@ def test_every_pillow_mode_and_bit_depth_becomes_the_same_model_input(run_dir, t
     np.testing.assert_array_equal(run.inputs(views), run.inputs(originals))
 
 
-def _cli(module: str, *args: str, verbosity: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str,
+            verbosity: str | None = None) -> subprocess.CompletedProcess:
     """`python -m nested_tnt_jax.<module> ARGS` as a user's shell runs it (no TensorFlow log
     level set)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         [sys.executable, "-m", f"nested_tnt_jax.{module}", *args,
          *([f"--verbosity={verbosity}"] if verbosity else [])],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
 
 
-def _warnings(stderr: str) -> list[str]:
+def warning_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "warning" in line.lower()
             or re.match(r"W\d{4} ", line)]
 
@@ -270,14 +271,15 @@ def test_cli_notes_a_far_smaller_image_and_shows_library_warnings_only_when_verb
     Image.new("RGB", (1, 1), (200, 30, 30)).save(tiny)
     small = tmp_path / "small.png"  # 20 px: above half the 32 px view, no note
     Image.new("RGB", (20, 24), (30, 200, 30)).save(small)
-    quiet = _cli("predict", f"--workdir={workdir}", str(tiny), images[0], str(small))
+    quiet = run_cli("predict", f"--workdir={workdir}", str(tiny), images[0], str(small))
     assert quiet.returncode == 0, quiet.stderr
-    assert not _warnings(quiet.stderr), quiet.stderr
+    assert not warning_lines(quiet.stderr), quiet.stderr
     blocks = dict(block.split("\n", 1) for block in quiet.stdout.strip().split("\n\n")[1:])
     assert blocks[str(tiny)].startswith(
         "  (note: the image is 1x1 px, far smaller than the 32x32 px the model sees; it was "
         "upscaled 32x")
     assert "note:" not in blocks[images[0]] and "note:" not in blocks[str(small)]
-    verbose = _cli("predict", f"--workdir={workdir}", images[0], verbosity="1")
+    verbose = run_cli("predict", f"--workdir={workdir}", images[0], verbosity="1")
     assert verbose.returncode == 0
-    assert any("read only" in line or "read_only" in line for line in _warnings(verbose.stderr))
+    shown = warning_lines(verbose.stderr)
+    assert any("read only" in line or "read_only" in line for line in shown)

@@ -6,7 +6,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict import TINY_TNT, _cli, _warnings, make_run, random_params, write_images
+from test_predict import (
+    TINY_TNT,
+    make_run,
+    random_params,
+    run_cli,
+    warning_lines,
+    write_images,
+)
 
 from nested_tnt_jax import errors, models, runs, visualize
 
@@ -209,8 +216,8 @@ def test_overlay_colours_are_ratios_to_even_attention():
 
 def test_cli_prints_no_library_warnings_at_its_default_verbosity(setup, tmp_path):
     workdir, image, _, _ = setup
-    proc = _cli("visualize", f"--workdir={workdir}", f"--image={image}",
+    proc = run_cli("visualize", f"--workdir={workdir}", f"--image={image}",
                 f"--out={tmp_path / 'maps'}", "--layers=1")
     assert proc.returncode == 0, proc.stderr
-    assert not _warnings(proc.stderr), proc.stderr
+    assert not warning_lines(proc.stderr), proc.stderr
     assert proc.stdout.count(" panels)") == 4
