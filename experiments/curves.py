@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 from nested_tnt_jax.metrics import RESULTS_FILE, read_history  # noqa: E402
 
 
-def plot_run(workdir: str, out: str) -> None:
-    """Writes the loss and accuracy curves of the run in `workdir` to `out` (a PNG)."""
+def plot_run(workdir: str, out: str) -> dict[str, int]:
+    """Writes the loss and accuracy curves of the run in `workdir` to `out` (a PNG); returns
+    the number of rows drawn per split ("train", "eval", "test")."""
     history = read_history(workdir)
     rows = {split: [h for h in history if h["split"] == split] for split in ("train", "eval", "test")}
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
@@ -61,6 +62,7 @@ def plot_run(workdir: str, out: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+    return {split: len(points) for split, points in rows.items()}
 
 
 def plot_groups(groups: Mapping[str, Sequence[Sequence[Mapping]]], out, title: str = "") -> None:
@@ -91,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("workdir", help="a run's workdir (holds history.jsonl)")
     parser.add_argument("out", help="the PNG to write")
     args = parser.parse_args(argv)
-    plot_run(args.workdir, args.out)
+    drawn = plot_run(args.workdir, args.out)
+    test = " and the final test" if drawn["test"] else ""
+    print(f"Wrote {args.out}: the training loss and accuracy of {args.workdir} by step "
+          f"({drawn['train']} training rows, {drawn['eval']} validation"
+          f"{'s' * (drawn['eval'] != 1)}{test}).")
 
 
 if __name__ == "__main__":

@@ -401,8 +401,15 @@ def write_runs_csv(runs: Sequence[Run], sweep_dir: pathlib.Path, path: pathlib.P
                              *(results.get(k, "") for k in RUN_FIELDS)])
 
 
+# The plot's y-axis spans at least this many points of top-1, so that seeds a hundredth of a
+# point apart do not look far apart.
+MIN_PLOT_SPAN = 1.0
+
+
 def write_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
-    """plot.png: per dataset, each seed's top-1 as a dot and the mean with its 95% CI bar."""
+    """plot.png: per dataset, each seed's top-1 as a dot and the mean with its 95% CI bar;
+    each model's label gives its number of seeds n, and a model with n = 1 is marked as
+    having no interval. The y-axis spans at least `MIN_PLOT_SPAN` points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,8 +431,16 @@ def write_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
                 err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
                 ax.errorbar([x - 0.1], [s.mean], yerr=err, fmt="o", color="black", capsize=4,
                             label="mean, 95% CI" if x == 0 else None)
-        ax.set_xticks(range(len(mine)), [r.model for r in mine], rotation=20, ha="right")
-        ax.set_title(dataset)
+        ax.set_xticks(range(len(mine)), [
+            f"{r.model}\n(n = {r.summary.n})" for r in mine], rotation=20, ha="right")
+        low, high = ax.get_ylim()
+        if high - low < MIN_PLOT_SPAN:
+            middle = (low + high) / 2
+            ax.set_ylim(middle - MIN_PLOT_SPAN / 2, middle + MIN_PLOT_SPAN / 2)
+        single = [r for r in mine if r.summary.n == 1]
+        ax.set_title(dataset if not single else
+                     f"{dataset}\none seed (n = 1): no confidence interval"
+                     + ("" if len(single) == len(mine) else " for those models"), fontsize=10)
         ax.set_ylabel("test top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="best", fontsize="small")

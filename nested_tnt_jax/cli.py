@@ -23,6 +23,8 @@ field, a config file that raised) the same way, with exit code 2.
 (`-v 0`) it shows this package's own INFO lines and everyone's warnings, with a short time
 stamp, and drops the other libraries' INFO chatter (orbax internals, TFDS, the event writer's
 lines) and the exceptions' tracebacks they log before re-raising; `-v 1` shows everything.
+Programs that parse their own flags (argparse: `predict`, `visualize`) pass the verbosity they
+parsed.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ from nested_tnt_jax import errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# Warnings libraries print on every run that the user neither caused nor can act on.
-_NOISE = ("OpenCV is not installed",)
+# Warnings libraries print on every run that the user neither caused nor can act on: orbax
+# warns of every run it reads back (`predict`, `visualize`, `--config.init_from`) that it opens
+# its checkpoints read-only, as asked.
+_NOISE = ("OpenCV is not installed", "CheckpointManagerOptions.read_only=True",
+          "Given directory is read only")
 
 
 def paragraph(message: str) -> str:
@@ -209,8 +214,11 @@ def verbose() -> bool:
     return logging.get_verbosity() >= 1
 
 
-def setup_logging() -> None:
+def setup_logging(verbosity: int | None = None) -> None:
     """The quiet terminal described in the module docstring (nothing changes with `-v 1`).
+
+    `verbosity` (absl's `-v`), for programs that `absl.app.run` does not start: installs absl's
+    handler and sets its level.
 
     Besides the filter: orbax logs the exception of a failed background save with its
     traceback before raising it to the caller, and when it gives up, tensorstore reports the
@@ -220,6 +228,13 @@ def setup_logging() -> None:
     """
     from absl import logging
 
+    if verbosity is not None:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # else absl warns that logging came before parsing
+            flags.FLAGS.mark_as_parsed()
+        logging.use_absl_handler()
+        logging.set_verbosity(verbosity)
     if verbose():
         return
     handler = logging.get_absl_handler()

@@ -147,7 +147,11 @@ class Run:
 
     def view(self, path: str) -> np.ndarray:
         """The host eval view of the image file `path`: uint8 (host_size, host_size, 3)."""
-        return eval_view(read_rgb(path), crop=self.crop, size=self.host_size)
+        return self.view_of(read_rgb(path))
+
+    def view_of(self, image: np.ndarray) -> np.ndarray:
+        """The host eval view of a uint8 (height, width, 3) RGB picture (`read_rgb`)."""
+        return eval_view(image, crop=self.crop, size=self.host_size)
 
     def inputs(self, views: np.ndarray) -> jax.Array:
         """uint8 host views (B, h, w, 3) -> the normalised float images the model takes."""

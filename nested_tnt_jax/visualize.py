@@ -12,10 +12,14 @@ newest checkpoint on the image in evaluation mode (so without logit noise) and w
                            adjacent layers l, l + 1 of each attention chain (outer, inner):
                            how much each head of layer l + 1 re-uses layer l's logits, which
                            nested attention carries forward
-The maps of one figure share one colour scale (a colorbar beside them) and sit beside the input
-image as the model sees it. `--layers` / `--heads` pick rows and columns for large models.
+The maps of one figure share one colour scale (a colorbar below them) and sit beside the input
+image as the model sees it. Attention is drawn as its ratio to the weight of evenly spread
+attention, on a log scale centred at 1 that spans at least 1/2..2: red above even, blue below,
+fading to clear at 1, so the image shows through where attention is near even and a
+near-uniform map looks near-uniform. `--layers` / `--heads` pick rows and columns for large models.
 The logits are those fed to softmax (after nesting), read from the "intermediates" that
-`Attention` sows. `render(model, params, inputs, picture, out_dir)` does the same for any
+`Attention` sows. At its default verbosity the program prints no library warnings; `-v 1`
+shows them. `render(model, params, inputs, picture, out_dir)` does the same for any
 params and model.
 """
 
@@ -45,11 +49,16 @@ from nested_tnt_jax.models.layers import word_grid  # noqa: E402
 # Attention module name -> chain. TNT has an inner (words) and an outer (sentences) chain; ViT's
 # single `attn` is over patches with a class token, like TNT's outer one.
 CHAINS = {"attn_out": "outer", "attn": "outer", "attn_in": "inner"}
-# Colour maps: attention weights (0 up) and correlations (-1..1).
-WEIGHT_CMAP = "inferno"
+# Colour maps: attention over even attention (a ratio, log scale) and correlations (-1..1).
+RATIO_CMAP = "RdBu_r"
 CORRELATION_CMAP = "RdBu_r"
-# The maps are laid over the image in grey, which shows through this much.
-OVERLAY_ALPHA = 0.65
+# The ratio's colour scale spans at least 1/MIN_RATIO_SPAN..MIN_RATIO_SPAN, at most
+# 1/MAX_RATIO_SPAN..MAX_RATIO_SPAN (beyond it, the colorbar's arrows).
+MIN_RATIO_SPAN = 2.0
+MAX_RATIO_SPAN = 16.0
+# Opacity of the ratio's colours at the ends of its scale, over the image in grey; it falls
+# linearly (in log ratio) to 0 at 1.
+OVERLAY_ALPHA = 0.7
 # Correlation panels per row.
 PAIRS_PER_ROW = 6
 
@@ -185,34 +194,53 @@ def _image_panel(ax, picture: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
-                  heads: Sequence[int], title: str, path: str, uniform: float,
-                  borders: int | None = None) -> int:
-    """Saves `maps` (rows, cols, h, w) laid over `picture` (H, W, 3 in [0, 1]), one panel per
-    (layer, head), the input image first and one colour scale (the maps' range) with its
-    colorbar, on which `uniform` (the weight of attention spread evenly) is marked.
+def ratio_colormap() -> matplotlib.colors.Colormap:
+    """`RATIO_CMAP` fading to clear at its centre (a ratio of 1) and to `OVERLAY_ALPHA` at its
+    ends: laid over the image, it hides the image only where attention is far from even."""
+    colours = plt.get_cmap(RATIO_CMAP)(np.linspace(0.0, 1.0, 256))
+    colours[:, 3] = OVERLAY_ALPHA * np.abs(np.linspace(-1.0, 1.0, 256))
+    return matplotlib.colors.ListedColormap(colours, name="ratio_over_image")
 
-    `layers` / `heads` are the 0-based indices the rows / columns show (titled from 1);
-    `borders` draws patch borders every that many pixels. Returns the number of maps.
-    """
+
+def ratio_span(ratios: np.ndarray) -> float:
+    """s of the ratios' colour scale 1/s..s: the farthest ratio from 1 either way, within
+    `MIN_RATIO_SPAN`..`MAX_RATIO_SPAN`."""
+    farthest = max(float(ratios.max()), 1.0 / max(float(ratios.min()), 1.0 / MAX_RATIO_SPAN))
+    return min(max(farthest, MIN_RATIO_SPAN), MAX_RATIO_SPAN)
+
+
+def _ratio_ticks(span: float) -> tuple[list[float], list[str]]:
+    """Powers of 2 within 1/span..span (every other one past 1/4..4), labelled 1/4, 1/2, 1, 2."""
+    top = int(np.floor(np.log2(span) + 1e-9))
+    step = 1 if top <= 2 else 2
+    powers = [p for p in range(-top, top + 1) if p % step == 0]
+    return ([2.0**p for p in powers],
+            [f"{2**p}" if p >= 0 else f"1/{2**-p}" for p in powers])
+
+
+def overlay_figure(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
+                   heads: Sequence[int], title: str, uniform: float,
+                   borders: int | None = None) -> matplotlib.figure.Figure:
+    """The figure of `plot_overlays` (see there)."""
     rows, cols = maps.shape[:2]
     height, width = picture.shape[:2]
     size = 1.7
     width_in = size * (cols + 1) + 1.2
-    fig, axes = plt.subplots(rows, cols + 1, figsize=(width_in, size * rows + 1.2),
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(width_in, size * rows + 2.0),
                              squeeze=False, layout="constrained")
     _image_panel(axes[0, 0], picture)
     for ax in axes[1:, 0]:
         ax.axis("off")
     grey = picture @ np.array([0.299, 0.587, 0.114])
-    vmin, vmax = float(maps.min()), float(maps.max())
-    vmin, vmax = min(vmin, uniform), max(vmax, uniform, vmin + 1e-6)
+    ratios = np.maximum(maps / uniform, np.finfo(np.float32).tiny)
+    span = ratio_span(ratios)
+    norm = matplotlib.colors.LogNorm(vmin=1.0 / span, vmax=span, clip=False)
+    cmap = ratio_colormap()
     for r, layer in enumerate(layers):
         for c, head in enumerate(heads):
             ax = axes[r, c + 1]
             ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            shown = ax.imshow(maps[r, c], cmap=WEIGHT_CMAP, vmin=vmin, vmax=vmax,
-                              alpha=OVERLAY_ALPHA, interpolation="nearest",
+            shown = ax.imshow(ratios[r, c], cmap=cmap, norm=norm, interpolation="nearest",
                               extent=(-0.5, width - 0.5, height - 0.5, -0.5))
             if borders:
                 for x in range(borders, width, borders):
@@ -227,19 +255,51 @@ def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
                 ax.set_title(f"head {head + 1}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"layer {layer + 1}", fontsize=8)
-    bar = fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), shrink=0.8,
-                       label="attention weight (white line: spread evenly)")
-    bar.ax.axhline(uniform, color="white", linewidth=2)
+    extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+              (True, True): "both"}[(float(ratios.min()) < 1.0 / span,
+                                     float(ratios.max()) > span)]
+    bar = fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), location="bottom", shrink=0.9,
+                       aspect=30, extend=extend)
+    ticks, labels = _ratio_ticks(span)
+    bar.set_ticks(ticks, labels=labels)
+    bar.ax.minorticks_off()
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label(f"weight / even weight\n(1: every weight 1/{round(1 / uniform)})", fontsize=8)
     _title(fig, title, width_in)
+    return fig
+
+
+def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
+                  heads: Sequence[int], title: str, path: str, uniform: float,
+                  borders: int | None = None) -> int:
+    """Saves `maps` (rows, cols, h, w) of attention weights laid over `picture` (H, W, 3 in
+    [0, 1], drawn in grey), one panel per (layer, head), the input image first. Each weight is
+    drawn as its ratio to `uniform` (the weight of attention spread evenly) in
+    `ratio_colormap`, on one log scale for the figure centred at 1 (`ratio_span`), with its
+    colorbar below the maps.
+
+    `layers` / `heads` are the 0-based indices the rows / columns show (titled from 1);
+    `borders` draws patch borders every that many pixels. Returns the number of maps.
+    """
+    fig = overlay_figure(picture, maps, layers, heads, title, uniform, borders)
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return rows * cols
+    return maps.shape[0] * maps.shape[1]
 
 
 def plot_correlations(matrices: Sequence[np.ndarray], layers: Sequence[int], title: str,
                       path: str) -> int:
     """Saves one heads x heads heatmap (colour scale -1..1) per adjacent layer pair
     (`layers[i]` -> `layers[i] + 1`, 0-based, titled from 1); returns the number of pairs."""
+    fig = correlation_figure(matrices, layers, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return len(matrices)
+
+
+def correlation_figure(matrices: Sequence[np.ndarray], layers: Sequence[int],
+                       title: str) -> matplotlib.figure.Figure:
+    """The figure of `plot_correlations` (see there)."""
     cols = min(len(matrices), PAIRS_PER_ROW)
     rows = -(-len(matrices) // cols)
     size = 2.3
@@ -259,9 +319,11 @@ def plot_correlations(matrices: Sequence[np.ndarray], layers: Sequence[int], tit
         ax.tick_params(labelsize=6)
     fig.colorbar(shown, ax=list(axes.ravel()), shrink=0.8, label="Pearson correlation")
     _title(fig, title, width_in)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return len(matrices)
+    return fig
+
+
+# How the overlay figures' titles read their colours.
+_KEY = "\nred: more than even, blue: less, clear: even (the image shows through)"
 
 
 def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray,
@@ -301,7 +363,8 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
     written[path] = plot_overlays(
         picture, pick(class_token_maps(chains["outer"], grid), "outer"), layers,
         chosen["outer"], f"Class-token {_chain_words(model, 'outer')}: the weight the class "
-        f"token gives each patch, per layer and head{suffix}", path,
+        f"token gives each patch, per layer and head, against even attention{_KEY}{suffix}",
+        path,
         uniform=1.0 / (grid * grid + 1))
     if "inner" in chains:
         which = ("mean over its query words" if query is None
@@ -311,7 +374,8 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
         written[path] = plot_overlays(
             picture, pick(maps, "inner"), layers, chosen["inner"],
             f"Inner attention: within each patch (white borders), the weight on each of its "
-            f"{words}x{words} words ({which}){suffix}", path, uniform=1.0 / words**2,
+            f"{words}x{words} words ({which}), against even attention{_KEY}{suffix}", path,
+            uniform=1.0 / words**2,
             borders=model.patch_size)
     for chain, logits in sorted(chains.items()):
         pairs = [l for l in layers if l + 1 < depth]
@@ -353,7 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--query_word", type=int, default=None,
                         help="inner attention from this word of each patch (numbered row by "
                              "row from 1) instead of the mean over its words")
+    parser.add_argument("-v", "--verbosity", type=int, default=0,
+                        help="absl's verbosity: 1 also shows the libraries' log lines")
     args = parser.parse_args(argv)
+    cli.setup_logging(args.verbosity)
     with cli.explained():
         run = runs.load_run(args.workdir)
         model = run.model

@@ -115,7 +115,7 @@ def test_dry_run_lists_the_missing_commands(fake, tmp_path, capsys):  # noqa: F8
     assert _study(trainer, tmp_path, "--max-runs", "-1")[0] == 2
 
 
-def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch):
+def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
     workdir.mkdir()
     rows = [{"step": s, "split": "train", "loss": 2.0 / s, "accuracy": 0.1 * s,
@@ -127,6 +127,9 @@ def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch):
     monkeypatch.setattr(curves.plt, "close", closed.append)
     curves.main([str(workdir), str(tmp_path / "curve.png")])
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out == (
+        f"Wrote {tmp_path / 'curve.png'}: the training loss and accuracy of {workdir} by step "
+        "(3 training rows, 1 validation and the final test).\n")
     loss_ax, acc_ax = closed[0].axes
     assert [list(line.get_ydata()) for line in loss_ax.lines] == [[2.0, 1.0, 2.0 / 3], [1.5]]
     assert [len(line.get_xdata()) for line in acc_ax.lines] == [3, 1, 1]

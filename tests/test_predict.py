@@ -8,6 +8,7 @@ The run is faked in seconds with the trainer's own writers: the config through
 
 import os
 import pathlib
+import re
 import runpy
 import subprocess
 import sys
@@ -245,3 +246,40 @@ def test_every_pillow_mode_and_bit_depth_becomes_the_same_model_input(run_dir, t
     views = np.stack([run.view(p) for p, _ in exact])
     originals = np.stack([eval_view(e, crop=run.crop, size=run.host_size) for _, e in exact])
     np.testing.assert_array_equal(run.inputs(views), run.inputs(originals))
+
+
+def run_cli(module: str, *args: str,
+            verbosity: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m nested_tnt_jax.<module> ARGS` as a user's shell runs it (no TensorFlow log
+    level set)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return subprocess.run(
+        [sys.executable, "-m", f"nested_tnt_jax.{module}", *args,
+         *([f"--verbosity={verbosity}"] if verbosity else [])],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "warning" in line.lower()
+            or re.match(r"W\d{4} ", line)]
+
+
+def test_cli_notes_a_far_smaller_image_and_shows_library_warnings_only_when_verbose(
+        run_dir, images, tmp_path):
+    workdir, _, _ = run_dir
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(tiny)
+    small = tmp_path / "small.png"  # 20 px: above half the 32 px view, no note
+    Image.new("RGB", (20, 24), (30, 200, 30)).save(small)
+    quiet = run_cli("predict", f"--workdir={workdir}", str(tiny), images[0], str(small))
+    assert quiet.returncode == 0, quiet.stderr
+    assert not warning_lines(quiet.stderr), quiet.stderr
+    blocks = dict(block.split("\n", 1) for block in quiet.stdout.strip().split("\n\n")[1:])
+    assert blocks[str(tiny)].startswith(
+        "  (note: the image is 1x1 px, far smaller than the 32x32 px the model sees; it was "
+        "upscaled 32x")
+    assert "note:" not in blocks[images[0]] and "note:" not in blocks[str(small)]
+    verbose = run_cli("predict", f"--workdir={workdir}", images[0], verbosity="1")
+    assert verbose.returncode == 0
+    shown = warning_lines(verbose.stderr)
+    assert any("read only" in line or "read_only" in line for line in shown)

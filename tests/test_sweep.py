@@ -303,3 +303,35 @@ def test_dry_run_prints_commands_and_trains_nothing(fake, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "--config.seed=1" in lines[1] and lines[0].startswith(trainer[0])
     assert calls() == [] and not sweep_dir.exists()
+
+
+def _plotted(rows, tmp_path, monkeypatch):
+    """The figure `write_plot` draws for `rows` (caught as it is closed)."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    sweep.write_plot(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    return closed[0]
+
+
+def _row(model: str, values: list[float]) -> sweep.Row:
+    return sweep.Row("cifar10", model, dict(enumerate(values)), (), stats.summarize(values), {})
+
+
+def test_plot_of_one_seed_keeps_a_sensible_span_and_says_n_is_1(tmp_path, monkeypatch):
+    fig = _plotted([_row("nested_tnt", [29.44]), _row("tnt", [29.42])], tmp_path, monkeypatch)
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert high - low >= sweep.MIN_PLOT_SPAN and low < 29.42 and 29.44 < high
+    assert "n = 1" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "nested_tnt\n(n = 1)", "tnt\n(n = 1)"]
+    # Several seeds far apart keep their own span, and no n = 1 note.
+    fig = _plotted([_row("nested_tnt", [30.0, 33.0, 35.5]), _row("tnt", [29.0, 31.0, 32.0])],
+                   tmp_path, monkeypatch)
+    (ax,) = fig.axes
+    low, high = ax.get_ylim()
+    assert high - low > 6.5 and ax.get_title() == "cifar10"
+    assert ax.get_xticklabels()[0].get_text() == "nested_tnt\n(n = 3)"

@@ -1,10 +1,19 @@
 """`visualize`: attention over the image and adjacent-layer head correlations, as PNGs."""
 
 import jax
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict import TINY_TNT, make_run, random_params, write_images
+from test_predict import (
+    TINY_TNT,
+    make_run,
+    random_params,
+    run_cli,
+    warning_lines,
+    write_images,
+)
 
 from nested_tnt_jax import errors, models, runs, visualize
 
@@ -147,3 +156,68 @@ def test_render_vit_and_nested_vit_have_no_inner_figure(tmp_path, name):
     written = visualize.render(model, params, images, picture, str(tmp_path), heads=[1])
     assert {p.split("/")[-1]: n for p, n in written.items()} == {
         "outer_attention.png": 2, "correlation_outer.png": 1}
+
+
+def _texts_outside(fig) -> list[str]:
+    """The visible texts of `fig` (labels, titles, tick labels) that reach past its edges."""
+    fig.canvas.draw()
+    box = fig.bbox
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text)
+            if t.get_visible() and t.get_text().strip()
+            and not (box.x0 - 1 <= t.get_window_extent().x0 and t.get_window_extent().x1
+                     <= box.x1 + 1 and box.y0 - 1 <= t.get_window_extent().y0
+                     and t.get_window_extent().y1 <= box.y1 + 1)]
+
+
+@pytest.mark.parametrize("layers, heads", [(None, None), ([0], [0]), ([0], None), ([2], [1]),
+                                           (None, [0])])
+def test_no_label_is_cut_for_any_selection(setup, layers, heads):
+    _, _, run, chains = setup
+    model = run.model
+    grid = model.img_size // model.patch_size
+    words = models.layers.word_grid(model.patch_size, model.word_kernel, model.word_stride)
+    layers = list(range(TINY_TNT["depth"])) if layers is None else layers
+    picture = np.full((32, 32, 3), 0.5)
+    for chain, maps, uniform in (
+            ("outer", visualize.class_token_maps(chains["outer"], grid), 1.0 / (grid**2 + 1)),
+            ("inner", visualize.word_maps(chains["inner"], grid, words), 1.0 / words**2)):
+        chosen = list(range(TINY_TNT[f"num_heads_{chain}"])) if heads is None else heads
+        fig = visualize.overlay_figure(picture, maps[np.ix_(layers, chosen)], layers, chosen,
+                                       "A title as long as the figures' own titles, " * 3,
+                                       uniform, borders=8)
+        bar_label = fig.axes[-1].xaxis.label.get_text()
+        assert "even weight" in bar_label
+        assert not _texts_outside(fig), (chain, layers, heads, _texts_outside(fig))
+        plt.close(fig)
+    pairs = [l for l in layers if l + 1 < TINY_TNT["depth"]]
+    if pairs:
+        matrices = [visualize.head_correlation(chains["outer"][l], chains["outer"][l + 1])
+                    for l in pairs]
+        fig = visualize.correlation_figure(matrices, pairs, "Correlation title " * 6)
+        assert not _texts_outside(fig)
+        plt.close(fig)
+
+
+def test_overlay_colours_are_ratios_to_even_attention():
+    # Near-even attention (0.23..0.27 of 2x2 words) spans the minimum scale, 1/2..2, and is
+    # drawn almost clear: the image shows through.
+    near_even = np.array([0.23, 0.25, 0.27]) / 0.25
+    assert visualize.ratio_span(near_even) == visualize.MIN_RATIO_SPAN
+    cmap = visualize.ratio_colormap()
+    norm = matplotlib.colors.LogNorm(1 / visualize.MIN_RATIO_SPAN, visualize.MIN_RATIO_SPAN)
+    assert cmap(norm(near_even))[:, 3].max() < 0.1
+    assert cmap(norm(1.0))[3] < 0.01
+    np.testing.assert_allclose(cmap(norm([0.5, 2.0]))[:, 3], visualize.OVERLAY_ALPHA, rtol=0.01)
+    # A peaked map widens the scale symmetrically, up to MAX_RATIO_SPAN.
+    assert visualize.ratio_span(np.array([0.9, 5.0])) == 5.0
+    assert visualize.ratio_span(np.array([0.1, 1.2])) == pytest.approx(10.0)
+    assert visualize.ratio_span(np.array([1e-6, 1.0])) == visualize.MAX_RATIO_SPAN
+
+
+def test_cli_prints_no_library_warnings_at_its_default_verbosity(setup, tmp_path):
+    workdir, image, _, _ = setup
+    proc = run_cli("visualize", f"--workdir={workdir}", f"--image={image}",
+                f"--out={tmp_path / 'maps'}", "--layers=1")
+    assert proc.returncode == 0, proc.stderr
+    assert not warning_lines(proc.stderr), proc.stderr
+    assert proc.stdout.count(" panels)") == 4
