@@ -200,11 +200,32 @@ class _ShortFormatter(std_logging.Formatter):
 
 
 def quiet_native_logs(argv: list[str]) -> None:
-    """Turns off native libraries' INFO lines (TensorFlow's, printed when it loads: only
-    TFDS's dataset preparation loads it) unless the command line asks for verbosity or the
+    """Turns off native libraries' INFO lines (TensorFlow's, printed when it loads, before
+    any flag is parsed) unless the command line asks for verbosity or the
     shell set their level. Call at import of a program's main module."""
     if not any(a.startswith(("-v", "--v", "--verbosity")) for a in argv[1:]):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow, when installed, with the process's stderr closed: TFDS loads it
+    when it is installed (to build a dataset's builder), and its native code logs INFO
+    lines as it loads.
+
+    Those lines (oneDNN notices, absl's "before InitializeLog" warning) no environment
+    variable turns off. A failed import is left for the importer to report.
+    """
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except Exception:  # noqa: BLE001 (reported by the code that needs it)
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def verbose() -> bool:
@@ -237,6 +258,7 @@ def setup_logging(verbosity: int | None = None) -> None:
         logging.set_verbosity(verbosity)
     if verbose():
         return
+    _import_tensorflow_quietly()
     handler = logging.get_absl_handler()
     handler.addFilter(_Quiet())
     handler.python_handler.setFormatter(_ShortFormatter("%(asctime)s %(message)s", "%H:%M:%S"))

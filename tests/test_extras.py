@@ -2,8 +2,9 @@
 anything is written, naming what to install; a run that does not need TensorFlow trains
 without it, exactly as with it.
 
-The packages are hidden from the subprocess by a `sitecustomize` whose import hook reports
-them missing (to `import` and to `importlib.util.find_spec` alike).
+The packages are hidden from the subprocess by a `sitecustomize` whose import finders do not
+find them, so that `import` and `importlib.util.find_spec` (TFDS's and etils' test for
+TensorFlow among them) see an environment without them.
 """
 
 import sys
@@ -14,23 +15,32 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import cli_runs
 from test_faults import env, reference, refused_early  # noqa: F401
 
-HIDE = '''
+# Every import finder, wrapped so that it finds nothing of the hidden packages: `import`
+# fails and `find_spec` answers None, as where they are not installed.
+HIDE = """
 import sys
 
-class _Hidden:
+class _Hiding:
+    def __init__(self, finder):
+        self.finder = finder
+
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in {names!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return None
+        return self.finder.find_spec(name, path, target)
 
-sys.meta_path.insert(0, _Hidden())
-'''
+    def __getattr__(self, attribute):
+        return getattr(self.finder, attribute)
+
+sys.meta_path[:] = [_Hiding(finder) for finder in sys.meta_path]
+"""
 
 
 def hiding(env, tmp_path, *names: str) -> dict[str, str]:
     """`env` with `names` hidden from the subprocess's imports."""
     site = tmp_path / "hide"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(HIDE.format(names=set(names)))
+    (site / "sitecustomize.py").write_text(HIDE.format(names=sorted(names)))
     return {**env, "PYTHONPATH": f"{site}:{env.get('PYTHONPATH', '')}".rstrip(":")}
 
 
