@@ -106,6 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
+    # A gs:// workdir's lock is taken over after this many seconds without its holder's
+    # heartbeat (`workdir.CloudLock`); local workdirs use a file lock, which needs none.
+    c.lock_timeout_s = 300.0
     c.eval_every_steps = 1000
     c.log_every_steps = 50
 

@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nested_tnt_jax import paths  # noqa: E402
 from nested_tnt_jax.metrics import RESULTS_FILE, read_history  # noqa: E402
 
 
@@ -45,10 +46,9 @@ def plot_run(workdir: str, out: str) -> dict[str, int]:
             acc_ax.plot([p["step"] for p in points], [100 * p[key] for p in points], style,
                         lw=1, markersize=10 if split == "test" else 3, label=name + count)
     title = os.path.basename(os.path.normpath(workdir))
-    results_path = os.path.join(workdir, RESULTS_FILE)
-    if os.path.exists(results_path):
-        with open(results_path, encoding="utf-8") as f:
-            r = json.load(f)
+    results_path = paths.resolve(workdir) / RESULTS_FILE
+    if results_path.exists():
+        r = json.loads(results_path.read_text(encoding="utf-8"))
         title = (f"{r['model']} on {r['dataset']}: test top-1 {100 * r['test_top1']:.1f}% "
                  f"in {r['wall_time_s'] / 60:.1f} min")
     loss_ax.set_ylabel("cross-entropy loss")

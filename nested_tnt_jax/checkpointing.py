@@ -26,8 +26,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
+from nested_tnt_jax import paths
 from nested_tnt_jax.errors import CheckpointError
 
 PyTree = Any
@@ -70,20 +72,34 @@ def _brief(error: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
 
 
-def _complete_steps(directory: str) -> list[int]:
-    """Steps of the finished checkpoints in `directory`, read from the file system alone.
+def _complete_steps(directory: str | epath.Path) -> list[int]:
+    """Steps of the finished checkpoints in `directory`, read from storage alone.
 
-    Orbax writes a step into a temporary directory and renames it to the bare step number
-    when every file is written, so a bare number is a finished step.
+    On local disk orbax writes a step into a temporary directory and renames it to the bare
+    step number when every file is written; Cloud Storage has no renames, so there orbax
+    writes the step in place and marks it finished with a `commit_success.txt` file, written
+    last. `ocp.utils.checkpoint_steps` reads both marks.
     """
-    if not os.path.isdir(directory):
+    directory = paths.resolve(directory)
+    if not directory.is_dir():
         return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+    return sorted(ocp.utils.checkpoint_steps(directory))
 
 
 def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a finished checkpoint (so the run resumes); creates nothing."""
-    return bool(_complete_steps(os.path.join(workdir, CHECKPOINT_DIR)))
+    return bool(_complete_steps(paths.resolve(workdir) / CHECKPOINT_DIR))
+
+
+def _move(source: epath.Path, target: epath.Path) -> None:
+    """Moves a directory: a rename on local disk, a copy then a delete on Cloud Storage."""
+    if paths.is_cloud(source):
+        for item in source.rglob("*"):
+            if item.is_file():
+                item.copy(target / item.relative_to(source))
+        source.rmtree()
+    else:
+        source.rename(target)
 
 
 class Checkpointer:
@@ -91,8 +107,8 @@ class Checkpointer:
 
     def __init__(self, workdir: str, *, max_to_keep: int, asynchronous: bool = True):
         _write_each_shard_once()
-        self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        self.workdir = paths.resolve(workdir)
+        self.directory = self.workdir / CHECKPOINT_DIR
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_names=("state",),
@@ -160,11 +176,11 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         """Moves unreadable step directories out of orbax's sight (process 0; all wait)."""
         if jax.process_index() == 0:
-            aside = os.path.join(self.workdir, UNREADABLE_DIR)
-            os.makedirs(aside, exist_ok=True)
+            aside = self.workdir / UNREADABLE_DIR
+            aside.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-                os.replace(os.path.join(self.directory, str(step)), target)
+                target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+                _move(self.directory / str(step), target)
                 logging.warning("Moved unreadable checkpoint %d to %s.", step, target)
         multihost_utils.sync_global_devices("checkpointing:set_aside")
         self._manager.reload()
@@ -244,11 +260,11 @@ def hand_ctrl_c_to_preemption() -> None:
 def step_directory(path: str) -> tuple[str, int | None]:
     """(checkpoints directory, step) for a run's workdir, its checkpoints/ folder or one step's
     folder in it (`RUN/checkpoints/N`); the step is None unless the path names one."""
-    directory = os.path.abspath(path)
+    directory = str(paths.resolve(path))
     name = os.path.basename(directory)
     if name.isdigit() and os.path.basename(os.path.dirname(directory)) == CHECKPOINT_DIR:
         return os.path.dirname(directory), int(name)
-    if os.path.isdir(os.path.join(directory, CHECKPOINT_DIR)):
+    if (paths.resolve(directory) / CHECKPOINT_DIR).is_dir():
         directory = os.path.join(directory, CHECKPOINT_DIR)
     return directory, None
 

@@ -6,7 +6,9 @@ need more, and each is checked with the config, before anything is read or writt
   * TensorFlow, to prepare a TFDS dataset that is not prepared yet (TFDS's
     `download_and_prepare`): the `[tf]` extra, or the `tensorflow` Colab and TPU VM images
     ship;
-  * torch (PyTorch files) or safetensors, to fine-tune from a timm checkpoint file.
+  * torch (PyTorch files) or safetensors, to fine-tune from a timm checkpoint file;
+  * gcsfs (which brings google-cloud-storage), for a `gs://` workdir, data_dir or init_from:
+    the `[gcs]` extra.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ INSTALL = {
                   "TPU VMs do)",
     "torch": "pip install torch",
     "safetensors": "pip install safetensors",
+    "gcsfs": "pip install -e '.[gcs]'",
 }
 
 

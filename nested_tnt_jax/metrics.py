@@ -3,8 +3,8 @@
 `Chrono` is the run's only clock (as big_vision's `chrono`): it starts once the first step of
 a session (its compilation and first fetch) has finished, is paused around evaluations and
 checkpoint saves, and gives the steps/s of each logging interval and of the whole session.
-Scalars and the config (TensorBoard's HParams tab) go to TensorBoard event files through
-tensorboard's own event-file writer, which needs no TensorFlow; only process 0 writes files,
+Scalars and the config (TensorBoard's HParams tab) go to a TensorBoard event file in
+tensorboard's own record format, written without TensorFlow; only process 0 writes files,
 and each scalar is also logged at `-v 1`. The terminal gets one line per logging interval
 (step, loss, accuracy, steps/s, img/s, ETA), an early progress line, one per evaluation and
 the result. The parameter table (clu's `parameter_overview`) goes to
@@ -12,22 +12,27 @@ the result. The parameter table (clu's `parameter_overview`) goes to
 `workdir/results.json`. `workdir/history.jsonl` holds one JSON object per line: a training row
 every `log_every_steps` (`TRAIN_KEYS`: means over the interval, the learning rate of its last
 step, img/s over its training time) and a row per evaluation (split "eval" for validation,
-"test"; `top1`, `top5`, `loss`, `examples`). Process 0 writes them all.
+"test"; `top1`, `top5`, `loss`, `examples`). Process 0 writes them all, through `paths`, so the
+workdir may be on local disk or Cloud Storage.
 
 Every rate the terminal shows is measured over steps that ran: the callers synchronise with
 the device before they read the clock (jax dispatches steps asynchronously, so a clock read
 without it counts dispatched steps, not finished ones).
 """
 
+import io
 import json
 import logging
 import os
+import socket
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from nested_tnt_jax import paths
 
 HISTORY_FILE = "history.jsonl"
 RESULTS_FILE = "results.json"
@@ -101,20 +106,27 @@ class Chrono:
 
 
 class EventWriter:
-    """Scalars and hparams to a TensorBoard event file in `logdir`, through tensorboard's own
-    event-file writer (asynchronous, no TensorFlow needed). Each scalar is also logged at
-    `-v 1`."""
+    """Scalars and hparams to a TensorBoard event file in `logdir` (local or `gs://`), named and
+    framed as tensorboard's own writer does, without TensorFlow. Events are buffered and added
+    to the file at each `flush` (a whole new object on Cloud Storage). Each scalar is also
+    logged at `-v 1`."""
 
     def __init__(self, logdir: str):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        self._writer = EventFileWriter(logdir)
+        self._event = event_pb2.Event
+        self.path = paths.resolve(logdir) / (
+            f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}")
+        self._buffer = io.BytesIO()
+        self._records = RecordWriter(self._buffer)
+        self._records.write(self._event(wall_time=time.time(),
+                                        file_version="brain.Event:2").SerializeToString())
+        self.flush()
 
     def _add(self, step: int, summary) -> None:
-        from tensorboard.compat.proto import event_pb2
-
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                               summary=summary))
+        self._records.write(self._event(wall_time=time.time(), step=int(step),
+                                        summary=summary).SerializeToString())
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         from tensorboard.plugins.scalar.summary_v2 import scalar_pb
@@ -129,10 +141,14 @@ class EventWriter:
         self._add(0, hparams_pb(dict(hparams)))
 
     def flush(self) -> None:
-        self._writer.flush()
+        data = self._buffer.getvalue()
+        if data:
+            paths.append(self.path, data)
+            self._buffer.seek(0)
+            self._buffer.truncate()
 
     def close(self) -> None:
-        self._writer.close()
+        self.flush()
 
 
 class Reporter:
@@ -157,15 +173,13 @@ class Reporter:
         self.writer = EventWriter(workdir) if self._primary else None
 
     def _trim_history(self, start_step: int) -> None:
-        path = os.path.join(self.workdir, HISTORY_FILE)
-        if not os.path.exists(path):
+        path = paths.resolve(self.workdir) / HISTORY_FILE
+        if not path.exists():
             return
         rows = read_history(self.workdir)
         kept = [r for r in rows if r["step"] <= start_step]
         if len(kept) < len(rows):
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(path + ".tmp", path)
+            paths.write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def early_line_due(self, step: int) -> bool:
         """Whether `step` gets the early progress line: `EARLY_LINE_AFTER_STEPS` after the
@@ -202,8 +216,8 @@ class Reporter:
 
         params = multihost_utils.process_allgather(params, tiled=True)
         if self._primary:
-            with open(os.path.join(self.workdir, PARAMETERS_FILE), "w", encoding="utf-8") as f:
-                f.write(parameter_overview.get_parameter_overview(params) + "\n")
+            paths.write_atomically(paths.resolve(self.workdir) / PARAMETERS_FILE,
+                                   parameter_overview.get_parameter_overview(params) + "\n")
         return parameter_overview.count_parameters(params)
 
     def log_start(self, lines: Mapping[str, str]) -> None:
@@ -237,6 +251,8 @@ class Reporter:
         self._write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
         if rate:
             self._write_scalars(step, {"steps_per_sec": rate})
+        if self.writer is not None:
+            self.writer.flush()
         row = {"step": int(step), "split": "train",
                **{k: float(metrics[k]) for k in TRAIN_KEYS[2:-1]}, "img_per_sec": img_per_sec}
         self._append(row)
@@ -258,15 +274,13 @@ class Reporter:
 
     def _append(self, record: Mapping[str, Any]) -> None:
         if self._primary:
-            with open(os.path.join(self.workdir, HISTORY_FILE), "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            paths.append(paths.resolve(self.workdir) / HISTORY_FILE, json.dumps(record) + "\n")
 
     def write_results(self, results: Mapping[str, Any]) -> None:
         """Writes results.json (process 0 only)."""
         if self._primary:
-            path = os.path.join(self.workdir, RESULTS_FILE)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump({k: _plain(v) for k, v in results.items()}, f, indent=2)
+            paths.write_atomically(paths.resolve(self.workdir) / RESULTS_FILE, json.dumps(
+                {k: _plain(v) for k, v in results.items()}, indent=2))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -288,10 +302,7 @@ def write_config_file(workdir: str, config: Any, extra: Mapping[str, Any] | None
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     if extra:
         text = json.dumps({**json.loads(text), **extra}, indent=2, sort_keys=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    paths.write_atomically(paths.resolve(workdir) / CONFIG_FILE, text)
 
 
 def _plain(value: Any) -> Any:
@@ -302,8 +313,8 @@ def _plain(value: Any) -> Any:
 def read_history(workdir: str) -> list[dict]:
     """The rows of `workdir/history.jsonl` (training and evaluations), in order. A last line
     cut short by a kill mid-write is left out (the resumed run writes that row again)."""
-    with open(os.path.join(workdir, HISTORY_FILE), encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
+    text = (paths.resolve(workdir) / HISTORY_FILE).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines(keepends=True) if line.strip()]
     rows = []
     for i, line in enumerate(lines):
         try:

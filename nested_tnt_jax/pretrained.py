@@ -22,7 +22,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from nested_tnt_jax import checkpointing, extras, workdir
+from nested_tnt_jax import checkpointing, extras, paths, workdir
 from nested_tnt_jax.errors import CheckpointError, ConfigError
 
 PyTree = Any
@@ -84,7 +84,8 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
     refused (CheckpointError) before anything is compiled or written.
     """
     step = None
-    if os.path.isfile(init_from) and init_from.endswith(TIMM_SUFFIXES):
+    source = paths.resolve(init_from)
+    if source.is_file() and init_from.endswith(TIMM_SUFFIXES):
         from nested_tnt_jax.models import convert  # Only fine-tuning from timm needs torch.
 
         try:
@@ -96,7 +97,7 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
                 f"{checkpointing._brief(e, 600)}. Pass a timm checkpoint of this model "
                 "(safetensors, or a PyTorch file of plain tensors: nothing else is "
                 "unpickled).") from e
-    elif os.path.isdir(init_from):
+    elif source.is_dir():
         _check_source_not_training(init_from)
         loaded, step = checkpointing.read_params(init_from)
     else:
@@ -106,7 +107,7 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
             "to train from scratch."
         )
     taken = match(flax.core.unfreeze(loaded), abstract_params)
-    record = {"path": os.path.abspath(init_from), "step": step, "digest": digest(taken)}
+    record = {"path": str(source), "step": step, "digest": digest(taken)}
     logging.info("init_from: loaded %s%s (params sha256 %s)", record["path"],
                  "" if step is None else f" at step {step}", record["digest"][:16])
     return taken, record

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps
 
-from nested_tnt_jax import checkpointing, data, metrics, models
+from nested_tnt_jax import checkpointing, data, metrics, models, paths
 from nested_tnt_jax.data.augment import eval_view
 from nested_tnt_jax.errors import ConfigError
 
@@ -35,10 +35,9 @@ from nested_tnt_jax.errors import ConfigError
 def read_config(workdir: str) -> dict[str, Any]:
     """The flat config (`"model.name"`, `"model.overrides.depth"`, ...) of the run in
     `workdir`, from its `config.json`. Raises ConfigError when there is none."""
-    path = os.path.join(workdir, metrics.CONFIG_FILE)
+    path = paths.resolve(workdir) / metrics.CONFIG_FILE
     try:
-        with open(path, encoding="utf-8") as f:
-            return flatten(json.load(f))
+        return flatten(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"{workdir!r} is not a training run's workdir: {path} cannot be read ({e}). Pass "

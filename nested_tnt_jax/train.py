@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from nested_tnt_jax import (checkpointing, data, metrics, models, optim, pretrained, sharding,
-                            steps, xla_options)
+from nested_tnt_jax import (checkpointing, data, extras, metrics, models, optim, paths,
+                            pretrained, sharding, steps, xla_options)
 from nested_tnt_jax import workdir as workdir_lib
 from nested_tnt_jax.data import augment, integrity, pipeline
 from nested_tnt_jax.errors import ConfigError, RunError, check_range
@@ -76,7 +76,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     augment.check_config(config.augment)
     pipeline.check_input_config(config.input)
     sharding.check_config(config)
-    if config.init_from and not os.path.exists(config.init_from):
+    check_range("lock_timeout_s", config.lock_timeout_s, low=0, low_open=True,
+                hint="seconds without a heartbeat after which a gs:// workdir's lock is taken over")
+    if config.init_from and not paths.resolve(config.init_from).exists():
         fail(f"config.init_from is {config.init_from!r}, which does not exist. Point it at a "
              "finished run's workdir (or one of its checkpoints, RUN/checkpoints/N) or a timm "
              "checkpoint file, or set it to '' to train from scratch.")
@@ -155,9 +157,9 @@ def _workdir_error(workdir: str, error: OSError) -> RunError:
         "--workdir that you can write to, or fix its permissions or free disk space.")
 
 
-def _lock(workdir: str) -> workdir_lib.Lock:
+def _lock(workdir: str, timeout_s: float) -> workdir_lib.Lock | workdir_lib.CloudLock:
     """The workdir's lock, taken by process 0 (every process learns whether it was)."""
-    lock = workdir_lib.Lock(workdir)
+    lock = workdir_lib.lock(workdir, timeout_s)
     error = None
     if jax.process_index() == 0:
         try:
@@ -194,11 +196,10 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict,
 
 def _finished(workdir: str) -> dict | None:
     """The results of a run that finished in `workdir`, else None."""
-    path = os.path.join(workdir, metrics.RESULTS_FILE)
-    if not os.path.isfile(path):
+    path = paths.resolve(workdir) / metrics.RESULTS_FILE
+    if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @dataclasses.dataclass
@@ -249,9 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     (the final test and results.json); a finished run goes to `_reevaluate` instead.
     """
     validate_config(config)
-    check_packages(config)
+    check_packages(config, workdir)
     wall_start = time.time()
-    lock = _lock(workdir)
+    lock = _lock(workdir, config.lock_timeout_s)
     try:
         workdir_lib.check_resume(workdir, config)
         finished = _finished(workdir)
@@ -272,11 +273,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         lock.undo()  # Removes what the lock created, unless the run wrote (`lock.keep`).
 
 
-def check_packages(config: ml_collections.ConfigDict) -> None:
+def check_packages(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises ConfigError naming what to install when the run needs a package that is not
-    installed: TensorFlow to prepare a dataset that is not prepared yet (`data.datasets`),
-    torch or safetensors to fine-tune from a timm file (`pretrained`). Reads the data_dir's
-    metadata only; writes nothing."""
+    installed: gcsfs for a `gs://` path, TensorFlow to prepare a dataset that is not prepared
+    yet (`data.datasets`), torch or safetensors to fine-tune from a timm file (`pretrained`).
+    Reads the data_dir's metadata only; writes nothing."""
+    for field, path in (("--workdir", workdir), ("config.dataset.data_dir",
+                                                 data.resolve_data_dir(config.dataset.data_dir)),
+                        ("config.init_from", config.init_from)):
+        if paths.is_cloud(path or ""):
+            extras.require("gcsfs", f"{field} {path!r} (on Cloud Storage)",
+                           "use a local or mounted path")
     data.check_packages(config.dataset.name, config.dataset.data_dir)
     pretrained.check_packages(config.init_from)
 

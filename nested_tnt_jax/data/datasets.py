@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
-from nested_tnt_jax import extras
+from nested_tnt_jax import extras, paths
 
 # Host name look-up plus TCP connect; a machine without network answers at once, a
 # firewalled one would hang, so the probe is bounded.
@@ -107,6 +107,14 @@ def _prepare_or_raise(name: str, data_dir: str) -> None:
     host answers.
     """
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if paths.is_cloud(data_dir):
+        raise FileNotFoundError(
+            f"Dataset {name!r} is not prepared in data_dir {data_dir!r} (looked for "
+            f"{builder.data_dir}; the bucket may also be missing or unreadable). Prepare it on "
+            "a machine with TensorFlow (`pip install -e '.[tf]'`, then any training command "
+            f"with a local data_dir), and copy the folder {name}/ into {data_dir} "
+            f"(gcloud storage cp -r LOCAL_DATA_DIR/{name} {data_dir}/); or point "
+            "dataset.data_dir (or $TFDS_DATA_DIR) at a directory that already holds it.")
     manual_dir = os.path.join(data_dir, "downloads", "manual")
     url_infos = builder.url_infos or {}
     archives: Sequence[str] = [
