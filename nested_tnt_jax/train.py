@@ -327,11 +327,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, wall_start: float) -
 
     abstract = jax.eval_shape(init_state, None)
     state_sharding = _state_shardings(abstract, mesh)
-    eval_fn = jax.jit(
+    # Compiled (and its compiler options probed) at the first call, not here: nothing compiles
+    # before every refusal has had its chance.
+    eval_fn = xla_options.step_jit(
         functools.partial(steps.eval_step, model=model, preprocess=_preprocess_fn(config, info)),
         in_shardings=(state_sharding.params, sharding.data_sharding(mesh)),
         out_shardings=sharding.replicated_sharding(mesh),
-        compiler_options=xla_options.step_compiler_options(),
     )
     return Run(config=config, workdir=workdir, sizes=sizes, total_steps=total_steps, mesh=mesh,
                model=model, tx=tx, schedule=schedule, init_state=init_state,
