@@ -33,19 +33,21 @@ except ImportError:
 
 
 # Test modules (file stems) left out of the `unit` tier.
-INTEGRATION_MODULES = frozenset({
-    "test_cifar10_cpu_run",  # the README's quick start through the CLI, real data
-    "test_cpu_variants",  # trains each `cpu` config end to end
-    "test_data_cifar10",  # the real CIFAR-10 test split on 8 devices
-    "test_extras",  # the CLI in subprocesses without optional packages
-    "test_faults",  # kills and broken files through the CLI in subprocesses
-    "test_multiprocess",  # 2 processes x 4 devices
-    "test_notebook",  # the quick-start notebook, headless
-    "test_real_data",  # a short training run on the real CIFAR-10
-    "test_rehearse_device_check",  # the whole device check, offline
-    "test_run_guards",  # workdir guards through the CLI in subprocesses
-    "test_train",  # end-to-end training of every config on mock data
-})
+INTEGRATION_MODULES = frozenset(
+    {
+        "test_cifar10_cpu_run",  # the README's quick start through the CLI, real data
+        "test_cpu_variants",  # trains each `cpu` config end to end
+        "test_data_cifar10",  # the real CIFAR-10 test split on 8 devices
+        "test_extras",  # the CLI in subprocesses without optional packages
+        "test_faults",  # kills and broken files through the CLI in subprocesses
+        "test_multiprocess",  # 2 processes x 4 devices
+        "test_notebook",  # the quick-start notebook, headless
+        "test_real_data",  # a short training run on the real CIFAR-10
+        "test_rehearse_device_check",  # the whole device check, offline
+        "test_run_guards",  # workdir guards through the CLI in subprocesses
+        "test_train",  # end-to-end training of every config on mock data
+    }
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,6 +63,8 @@ def shared_tfds() -> pathlib.Path:
     skipped when it is absent."""
     path = shared_data.shared_tfds()
     if not (path / "cifar10").is_dir():
-        pytest.skip(f"needs the shared CIFAR-10 as a TFDS data_dir at {path} "
-                    f"(../shared/tfds beside the repository, or ${shared_data.ENV})")
+        pytest.skip(
+            f"needs the shared CIFAR-10 as a TFDS data_dir at {path} "
+            f"(../shared/tfds beside the repository, or ${shared_data.ENV})"
+        )
     return path
