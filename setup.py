@@ -50,6 +50,7 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6",
             "nbformat>=5",
+            "ruff~=0.17.6",
         ],
     },
 )

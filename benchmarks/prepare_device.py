@@ -8,7 +8,7 @@ The GPU machine reaches no registry and has no `../shared`, so `.device/` (git-i
   (3.12, the image's) on manylinux x86_64, without dependencies: each one the image already
   has (`IMAGE`) stays the image's, jax, jaxlib and torch above all;
 - `tfds/`: a real CIFAR-10 subset as a TFDS data_dir, the first `--train` and `--test` records
-  of the official splits (the same serialized examples, labels included), in ArrayRecord;
+  of the official splits (the same serialised examples, labels included), in ArrayRecord;
 - `manifest.json`: the commit it was prepared at, the wheels, the record counts and sizes.
 
 It then prints the command to run there, the folder to carry and a time limit (recorded in

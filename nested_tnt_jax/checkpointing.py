@@ -1,6 +1,6 @@
 """Checkpoints: the only orbax user.
 
-A checkpoint holds the `steps.TrainState` (params, optimizer state, step and rng). The data
+A checkpoint holds the `steps.TrainState` (params, optimiser state, step and rng). The data
 position needs no saving: train batches are a function of the step (see `data.pipeline`), so
 a run restored at step `k` reads on from batch `k` on any number of processes. Saving is
 asynchronous: the device arrays are copied and written in the background while training

@@ -1,7 +1,7 @@
 """`--config=tests/cli_config.py:model=tnt,steps=12`: a CLI config that runs in seconds.
 
 test_train's tiny model (32 px, batch 16) on small slices of the shared, read-only CIFAR-10
-(`../shared/tfds`), checkpointing every 3 steps and keeping 3 checkpoints. Used by the
+(tests/shared_data.py), checkpointing every 3 steps and keeping 3 checkpoints. Used by the
 subprocess tests (test_faults, test_multiprocess), which drive the real
 `python -m nested_tnt_jax.main`.
 """
@@ -10,7 +10,6 @@ import pathlib
 import runpy
 
 TESTS = pathlib.Path(__file__).resolve().parent
-DATA_DIR = TESTS.parent.parent / "shared" / "tfds"
 
 
 def get_config(arg: str | None = None):
@@ -19,7 +18,7 @@ def get_config(arg: str | None = None):
     args = common["parse_arg"](arg, model="tnt", steps=12)
     tiny_config = runpy.run_path(str(TESTS / "test_train.py"))["tiny_config"]
     config = tiny_config("cifar10", args.model, steps=args.steps)
-    config.dataset.data_dir = str(DATA_DIR)
+    config.dataset.data_dir = str(runpy.run_path(str(TESTS / "shared_data.py"))["shared_tfds"]())
     config.dataset.train_split = "train[:512]"
     config.dataset.eval_split = "train[512:576]"
     config.dataset.test_split = "test[:64]"

@@ -14,17 +14,14 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT.parent / "shared" / "tfds"
-
 
 @pytest.mark.slow
-def test_cpu_config_reaches_55_percent_on_cifar10(tmp_path):
-    assert (DATA_DIR / "cifar10").is_dir(), f"shared CIFAR-10 expected at {DATA_DIR}"
+def test_cpu_config_reaches_55_percent_on_cifar10(shared_tfds, tmp_path):
     workdir = tmp_path / "c10_cpu"
     subprocess.run(
         [sys.executable, "-m", "nested_tnt_jax.main",
          "--config=configs/cifar10.py:model=nested_tnt,cpu",
-         f"--config.dataset.data_dir={DATA_DIR}", f"--workdir={workdir}"],
+         f"--config.dataset.data_dir={shared_tfds}", f"--workdir={workdir}"],
         # One CPU device, as in the README (the suite's conftest simulates eight).
         cwd=ROOT, check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
     )

@@ -7,10 +7,7 @@ import math
 import pathlib
 import sys
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT.parent / "shared" / "tfds"
 
 
 def _load(name):
@@ -65,15 +62,14 @@ def test_prepare_refuses_bad_input_before_writing(tmp_path, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-@pytest.mark.skipif(not DATA_DIR.exists(), reason="needs the shared CIFAR-10 at ../shared/tfds")
-def test_the_subset_holds_the_first_records_with_their_labels(tmp_path):
+def test_the_subset_holds_the_first_records_with_their_labels(shared_tfds, tmp_path):
     import tensorflow_datasets as tfds
 
-    written = prepare_device.write_subset(DATA_DIR, tmp_path, {"train": 40, "test": 12})
+    written = prepare_device.write_subset(shared_tfds, tmp_path, {"train": 40, "test": 12})
     assert {s: w["records"] for s, w in written.items()} == {"train": 40, "test": 12}
     labels = prepare_device.verify_subset(tmp_path, {"train": 40, "test": 12})
     for split in ("train", "test"):
-        full = tfds.data_source("cifar10", split=split, data_dir=str(DATA_DIR))
+        full = tfds.data_source("cifar10", split=split, data_dir=str(shared_tfds))
         subset = tfds.data_source("cifar10", split=split, data_dir=str(tmp_path))
         assert labels[split] == [int(full[i]["label"]) for i in range(10)]
         assert (subset[11]["image"] == full[11]["image"]).all()

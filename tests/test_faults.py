@@ -28,12 +28,13 @@ COMPILING = "Compiling "
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(shared_tfds, tmp_path_factory):
     return cli_runs.reference_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(shared_tfds, tmp_path_factory):
+    """The subprocess environment; the runs read the shared CIFAR-10 (tests/cli_config.py)."""
     return cli_runs.environment(tmp_path_factory)
 
 

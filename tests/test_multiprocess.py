@@ -64,7 +64,7 @@ def run_two_processes(tmp_path_factory, workdir, logs) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
+def two_process_run(shared_tfds, tmp_path_factory):
     """The reference's training from scratch as 2 processes x 4 devices, made once per
     session (it also fills the compilation cache for the other 2-process runs, which wait
     for it rather than compile the same programs at the same time): (workdir, logs)."""
@@ -75,7 +75,7 @@ def two_process_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(shared_tfds, tmp_path_factory):
     return cli_runs.reference_run(tmp_path_factory)
 
 

@@ -31,7 +31,6 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
-DATA_DIR = ROOT.parent / "shared" / "tfds"
 STEPS = 30
 TEST_SPLIT = "test[:1000]"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -106,11 +105,7 @@ def test_unset_repo_url_stops_at_the_first_cell(tmp_path):
     assert sorted(p.name for p in colab.iterdir()) == [NOTEBOOK.name], "it wrote something"
 
 
-def test_quickstart_notebook_runs_as_on_colab(tmp_path):
-    assert (DATA_DIR / "cifar10").is_dir(), (
-        f"The notebook test needs the shared CIFAR-10 as a TFDS data_dir at {DATA_DIR} (the "
-        "repository's ../shared/tfds); nothing can be downloaded here, so the notebook cannot "
-        "run without it.")
+def test_quickstart_notebook_runs_as_on_colab(shared_tfds, tmp_path):
     url = _origin(tmp_path)
     colab, nb = _outside_checkout(tmp_path)
     install = _cell(nb, "install")
@@ -120,11 +115,11 @@ def test_quickstart_notebook_runs_as_on_colab(tmp_path):
     names = {t.id for node in ast.parse(params[0].source).body for t in node.targets}
     assert names == {"STEPS", "DATA_DIR", "WORKDIR", "TEST_SPLIT"}, names
     assert "WORKDIR = None" in params[0].source.splitlines()
-    params[0].source = (f"STEPS = {STEPS}\nDATA_DIR = {str(DATA_DIR)!r}\n"
+    params[0].source = (f"STEPS = {STEPS}\nDATA_DIR = {str(shared_tfds)!r}\n"
                         f"WORKDIR = None\nTEST_SPLIT = {TEST_SPLIT!r}")
     nb.cells.append(nbformat.v4.new_code_cell(
         "import nested_tnt_jax\nprint(sys.prefix)\nprint(nested_tnt_jax.__file__)", id="kernel"))
-    shared_before = _tree(DATA_DIR)
+    shared_before = _tree(shared_tfds)
     clone = colab / "nested_tnt_jax"
     workdir = colab / "runs" / f"quickstart_{STEPS}_steps"
 
@@ -186,4 +181,4 @@ def test_quickstart_notebook_runs_as_on_colab(tmp_path):
     assert "set WORKDIR = None" in error.evalue and "--" not in error.evalue
     assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == STEPS
 
-    assert _tree(DATA_DIR) == shared_before, "the notebook wrote into the shared data dir"
+    assert _tree(shared_tfds) == shared_before, "the notebook wrote into the shared data dir"

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+import shared_data
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -24,7 +25,8 @@ from nested_tnt_jax import checkpointing, errors, metrics, models, predict, runs
 from nested_tnt_jax.data.augment import eval_view
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = str((ROOT / ".." / "shared" / "tfds").resolve())
+# The data_dir the faked runs record (label names are read from it when it holds CIFAR-10).
+DATA_DIR = str(shared_data.shared_tfds().resolve())
 # Depth 3 with scan_blocks: the checkpoint then holds the stacked `blocks` layout.
 TINY_TNT = dict(embed_dim=16, depth=3, inner_dim=8, num_heads_outer=2, num_heads_inner=2,
                 mlp_ratio=1.0, scan_blocks=True)
@@ -67,9 +69,10 @@ def make_run(workdir, seed: int = 0, config=None, step: int = 1):
     return config, params
 
 
-def write_images(directory) -> list[str]:
-    """Two CIFAR-10 test images (32 px PNG) and one random 40x50 JPEG (resized by predict)."""
-    source = tfds.data_source("cifar10", split="test", data_dir=DATA_DIR)
+def write_images(directory, data_dir) -> list[str]:
+    """Two CIFAR-10 test images (32 px PNG) from `data_dir` and one random 40x50 JPEG (resized
+    by predict)."""
+    source = tfds.data_source("cifar10", split="test", data_dir=str(data_dir))
     paths = []
     for i in range(2):
         path = os.path.join(directory, f"cifar_{i}.png")
@@ -88,8 +91,8 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return write_images(tmp_path_factory.mktemp("images"))
+def images(shared_tfds, tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"), shared_tfds)
 
 
 @pytest.fixture(scope="module")

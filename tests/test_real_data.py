@@ -10,14 +10,11 @@ import runpy
 from nested_tnt_jax import metrics, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT.parent / "shared" / "tfds"
 
-
-def test_short_cifar10_run_learns(tmp_path):
-    assert (DATA_DIR / "cifar10").is_dir(), f"shared CIFAR-10 expected at {DATA_DIR}"
+def test_short_cifar10_run_learns(shared_tfds, tmp_path):
     config = runpy.run_path(str(ROOT / "configs" / "cifar10.py"))["get_config"](
         "model=vit,cpu,steps=150")
-    config.dataset.data_dir = str(DATA_DIR)
+    config.dataset.data_dir = str(shared_tfds)
     config.dataset.test_split = "test[:2000]"
     config.optim.warmup_steps = 20
     config.eval_every_steps = config.checkpoint_every_steps = 1000

@@ -10,7 +10,6 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT.parent / "shared" / "tfds"
 
 
 def _can_close_the_network() -> bool:
@@ -24,10 +23,9 @@ def _can_close_the_network() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _can_close_the_network(),
                     reason="needs `unshare -n` (root or user namespaces) and `ip`")
-@pytest.mark.skipif(not DATA_DIR.exists(), reason="needs the shared CIFAR-10 at ../shared/tfds")
-def test_the_device_check_runs_every_stage_offline_from_what_travels(tmp_path):
+def test_the_device_check_runs_every_stage_offline_from_what_travels(shared_tfds, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "benchmarks/rehearse_device_check.py", f"--data-dir={DATA_DIR}",
+        [sys.executable, "benchmarks/rehearse_device_check.py", f"--data-dir={shared_tfds}",
          f"--keep-out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=3000,
         check=False)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]

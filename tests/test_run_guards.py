@@ -100,10 +100,10 @@ def test_a_finished_run_run_again_is_left_untouched(reference, env, tmp_path):
     assert after.pop(workdir_lib.LOCK_FILE) and after == before
 
 
-def _damaged_data_dir(tmp_path):
+def _damaged_data_dir(shared_tfds, tmp_path):
     """A TFDS data_dir whose CIFAR-10 test file is a copy with 16 bytes overwritten among its
     first records (the others are links to the shared, read-only files)."""
-    shared = cli_runs.ROOT.parent / "shared" / "tfds" / "cifar10"
+    shared = shared_tfds / "cifar10"
     (version,) = [p for p in shared.iterdir() if p.is_dir()]
     target = tmp_path / "tfds" / "cifar10" / version.name
     target.mkdir(parents=True)
@@ -119,8 +119,8 @@ def _damaged_data_dir(tmp_path):
     return tmp_path / "tfds", damaged
 
 
-def test_a_damaged_data_file_is_named_with_its_split_before_training(env, tmp_path):
-    data_dir, damaged = _damaged_data_dir(tmp_path)
+def test_a_damaged_data_file_is_named_with_its_split_before_training(env, shared_tfds, tmp_path):
+    data_dir, damaged = _damaged_data_dir(shared_tfds, tmp_path)
     workdir = tmp_path / "run"
     start = time.monotonic()
     refused_early(cli_runs.command(workdir, f"--config.dataset.data_dir={data_dir}"), env, 1,

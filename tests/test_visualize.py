@@ -22,11 +22,11 @@ PNGS = ("outer_attention.png", "inner_attention.png", "correlation_inner.png",
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(shared_tfds, tmp_path_factory):
     """A fake run (scan layout, depth 3), its loaded form, an image and the sown logits."""
     workdir = tmp_path_factory.mktemp("run")
     make_run(workdir)
-    image = write_images(tmp_path_factory.mktemp("images"))[0]
+    image = write_images(tmp_path_factory.mktemp("images"), shared_tfds)[0]
     run = runs.load_run(str(workdir))
     inputs = run.inputs(run.view(image)[None])
     return workdir, image, run, visualize.attention_logits(run.model, run.params, inputs)
