@@ -31,6 +31,10 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from nested_tnt_jax import paths
 
@@ -112,32 +116,24 @@ class EventWriter:
     logged at `-v 1`."""
 
     def __init__(self, logdir: str):
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
-        self._event = event_pb2.Event
         self.path = paths.resolve(logdir) / (
             f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}")
         self._buffer = io.BytesIO()
         self._records = RecordWriter(self._buffer)
-        self._records.write(self._event(wall_time=time.time(),
+        self._records.write(event_pb2.Event(wall_time=time.time(),
                                         file_version="brain.Event:2").SerializeToString())
         self.flush()
 
     def _add(self, step: int, summary) -> None:
-        self._records.write(self._event(wall_time=time.time(), step=int(step),
+        self._records.write(event_pb2.Event(wall_time=time.time(), step=int(step),
                                         summary=summary).SerializeToString())
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-
         for tag, value in scalars.items():
             self._add(step, scalar_pb(tag, float(value)))
         logging.debug("[%d] %s", step, ", ".join(f"{k}={v}" for k, v in scalars.items()))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        from tensorboard.plugins.hparams.summary_v2 import hparams_pb
-
         self._add(0, hparams_pb(dict(hparams)))
 
     def flush(self) -> None:

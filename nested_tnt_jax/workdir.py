@@ -167,6 +167,19 @@ def lock(workdir: str, timeout_s: float) -> "Lock | CloudLock":
     return CloudLock(workdir, timeout_s) if paths.is_cloud(workdir) else Lock(workdir)
 
 
+def _storage():
+    """google-cloud-storage, which only `gs://` workdirs need (the `[gcs]` extra)."""
+    from google.cloud import storage  # noqa: PLC0415 (an optional package)
+
+    return storage
+
+
+def _api_exceptions():
+    from google.api_core import exceptions  # noqa: PLC0415 (an optional package)
+
+    return exceptions
+
+
 class CloudLock:
     """The lease on a `gs://` workdir (see the module docstring); `Lock`'s interface."""
 
@@ -182,14 +195,11 @@ class CloudLock:
         self._beat: threading.Thread | None = None
 
     def _blob(self):
-        from google.cloud import storage  # Only gs:// workdirs need it (the [gcs] extra).
-
-        return storage.Client().bucket(self._bucket).blob(self._name)
+        return _storage().Client().bucket(self._bucket).blob(self._name)
 
     def _read(self) -> tuple[dict[str, Any], int] | None:
         """(holder, generation) of the lock object, or None when there is none."""
-        from google.api_core import exceptions
-
+        exceptions = _api_exceptions()
         blob = self._blob()
         try:
             data = blob.download_as_bytes()
@@ -232,8 +242,7 @@ class CloudLock:
         return int(blob.generation)
 
     def acquire(self) -> "CloudLock":
-        from google.api_core import exceptions
-
+        exceptions = _api_exceptions()
         self._record = {"pid": os.getpid(), "host": socket.gethostname(),
                         "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
         try:
@@ -272,8 +281,7 @@ class CloudLock:
         return self
 
     def _renew(self) -> None:
-        from google.api_core import exceptions
-
+        exceptions = _api_exceptions()
         while not self._stop.wait(max(1.0, self.timeout_s / 4)):
             try:
                 self._generation = self._write(self._generation)
@@ -297,8 +305,7 @@ class CloudLock:
 
     def release(self) -> None:
         """Stops the heartbeat and deletes the lock object, if it is still ours."""
-        from google.api_core import exceptions
-
+        exceptions = _api_exceptions()
         if self._beat is not None:
             self._stop.set()
             self._beat.join()

@@ -17,13 +17,18 @@ import subprocess
 import sys
 import time
 
+import gcsfs
 import numpy as np
 import pytest
+from etils import epath
 from PIL import Image
+from tensorboard.backend.event_processing import event_file_loader
 
 import cli_runs
 import gcs_emulator
 import shared_data
+from benchmarks import prepare_device
+from nested_tnt_jax import checkpointing, metrics
 
 BUCKET = "runs"
 DATA = f"gs://{BUCKET}/tfds"
@@ -33,10 +38,6 @@ SUBSET = {"train": 600, "test": 100}  # The CLI config reads train[:576] and tes
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     """The emulator with the bucket and the CIFAR-10 subset (also kept on local disk)."""
-    import gcsfs
-
-    from benchmarks import prepare_device
-
     root = tmp_path_factory.mktemp("gcs")
     server = gcs_emulator.Emulator(root / "emulator.log")
     os.environ.update(server.env)
@@ -59,15 +60,11 @@ def run(workdir: str, env, *flags: str, data_dir: str = DATA, timeout: float = 4
                                          *flags), env, timeout=timeout)
 
 
-def path(url: str):
-    from etils import epath
-
+def path(url: str) -> epath.Path:
     return epath.Path(url)
 
 
 def rows(workdir: str, splits=("eval", "test")) -> list[dict]:
-    from nested_tnt_jax import metrics
-
     return [r for r in metrics.read_history(workdir) if r["split"] in splits]
 
 
@@ -100,8 +97,6 @@ def test_quick_start_on_cloud_storage_equals_local(gcs_run, emulator, env, tmp_p
 
 
 def test_events_on_cloud_storage_read_back(gcs_run):
-    from tensorboard.backend.event_processing import event_file_loader
-
     event_file = next(p for p in path(gcs_run).iterdir() if "tfevents" in p.name)
     local = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"events-{os.getpid()}"
     local.write_bytes(event_file.read_bytes())
@@ -112,8 +107,6 @@ def test_events_on_cloud_storage_read_back(gcs_run):
 
 
 def test_killed_run_resumes_exactly(gcs_run, env, tmp_path):
-    from nested_tnt_jax import checkpointing
-
     workdir = f"gs://{BUCKET}/killed"
     log = tmp_path / "killed.log"
     proc = cli_runs.start(cli_runs.command(workdir, f"--config.dataset.data_dir={DATA}"), env,
@@ -140,10 +133,6 @@ def test_killed_run_resumes_exactly(gcs_run, env, tmp_path):
 def test_a_step_without_its_commit_mark_is_not_resumed_from(gcs_run, env):
     """Orbax marks a step finished on Cloud Storage by writing `commit_success.txt` last (there
     is no rename); a save cut off before it leaves a step the resume must not trust."""
-    import gcsfs
-
-    from nested_tnt_jax import checkpointing
-
     workdir = f"gs://{BUCKET}/uncommitted"
     fs = gcsfs.GCSFileSystem()
     for step in ("6", "9"):
