@@ -141,7 +141,9 @@ def dataset_config(
     `cpu_by_family[model]` adds settings only one family accepts (e.g. nested-attention
     overrides that ViT does not have).
     Arguments: `model=vit|tnt|nested_tnt|nested_vit`, `cpu` (only where the dataset has a CPU
-    setup), `steps=N` (sets num_train_steps), `batch=N` (sets batch_size).
+    setup), `steps=N` (sets num_train_steps, and caps the warmup at a tenth of the run:
+    warmup_steps = min(the setup's warmup_steps, N // 10), so any N >= 1 trains), `batch=N`
+    (sets batch_size).
     """
     args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
     if args.model not in MODELS:
@@ -178,6 +180,7 @@ def dataset_config(
                 c.model.overrides[field] = getattr(model, field)
     if args.steps:
         c.num_train_steps = args.steps
+        c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
     if args.batch:
         c.batch_size = args.batch
     c.lock()

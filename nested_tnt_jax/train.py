@@ -55,7 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     try:
         model = models.create_model(config.model.name, **config.model.overrides.to_dict())
     except (ValueError, TypeError) as e:
-        fail(f"config.model.overrides is not accepted by {config.model.name!r}: {e}")
+        fail(f"config.model.overrides is not accepted by {config.model.name!r}: {e} To train "
+             "another model family, choose it with the config argument `:model=<family>` "
+             "(e.g. `--config=configs/cifar10.py:model=vit`), which sets its name and its "
+             "overrides together, rather than with --config.model.name.")
     check_range("image_size", config.image_size, low=1, integer=True)
     if config.image_size % model.patch_size:
         fail(f"config.image_size is {config.image_size}, which is not a positive multiple of "

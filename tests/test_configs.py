@@ -47,6 +47,14 @@ def test_arguments_set_steps_and_batch():
         "tnt_cifar_patch8_word4_32", 7, 64)
 
 
+@pytest.mark.parametrize("steps, warmup", [(1, 0), (9, 0), (20, 2), (999, 99), (5000, 100)])
+def test_steps_cap_the_warmup_at_a_tenth_of_the_run(steps, warmup):
+    config = get_config("cifar10", f"model=nested_tnt,cpu,steps={steps}")
+    assert (config.num_train_steps, config.optim.warmup_steps) == (steps, warmup)
+    train.validate_config(config)
+    assert get_config("cifar10", "model=nested_tnt,cpu").optim.warmup_steps == 100
+
+
 @pytest.mark.parametrize("arg, match", [
     ("model=resnet", "model family"),
     ("modle=vit", "Unknown config argument 'modle'"),
@@ -119,6 +127,15 @@ def test_unknown_model_override(tmp_path):
     def mutate(c):
         c.model.overrides.drop_path = 0.1
     refusal(tmp_path, mutate, r"config\.model\.overrides.*drop_path")
+
+
+def test_another_family_by_name_points_to_the_model_argument(tmp_path):
+    def mutate(c):
+        c.model.name = "vit_small_patch16_224"
+    config = get_config("cifar10", "model=nested_tnt,cpu")
+    mutate(config)
+    with pytest.raises(train.ConfigError, match=r":model=<family>.*configs/cifar10.py:model=vit"):
+        train.validate_config(config)
 
 
 def test_model_axis_must_divide_devices(tmp_path):
