@@ -64,7 +64,7 @@ CPU = {
 }
 
 # The nested-attention logit noise (N(0, 1) by default) scaled down for the short CPU run.
-CPU_BY_FAMILY = {family: {"model.overrides.logit_noise": 0.1}
+CPU_BY_FAMILY = {family: {"model.nesting.logit_noise": 0.1}
                  for family in ("nested_tnt", "nested_vit")}
 
 

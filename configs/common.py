@@ -24,11 +24,6 @@ PAPER_MODEL = {
 CPU_MODEL = {"vit": "vit_cifar_patch8_32", "tnt": "tnt_cifar_patch8_word4_32",
              "nested_tnt": "nested_tnt_cifar_patch8_word4_32",
              "nested_vit": "nested_vit_cifar_patch8_32"}
-# Nesting switches always present in `model.overrides` (those the family's model has: TNT's
-# two chains, ViT's one): command-line flags can only set existing fields, so this is what
-# makes `--config.model.overrides.nest_inner=False` (and each other ablation) a command-line
-# change.
-NESTING_FIELDS = ("nest_inner", "nest_outer", "nested", "mixer", "mixer_ratio", "logit_noise")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -61,11 +56,16 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict()
     c.model.name = ""
-    # Keyword overrides for `create_model` (drop_path_rate, nest_inner, dtype, ...). Left open
+    # The nesting spec (`models.Nesting`): which attention chains carry their logits (`inner`:
+    # TNT's words, `outer`: TNT's sentences and ViT's tokens), the head mixer, its width ratio
+    # and the logit noise. Filled from the registered model, so each ablation is one flag,
+    # e.g. `--config.model.nesting.inner=False`.
+    c.model.nesting = ml_collections.ConfigDict(models.Nesting().to_dict())
+    # Keyword overrides for `create_model` (drop_path_rate, dtype, ...). Left open
     # (unlocked): its keys are the model's keyword arguments, checked by `create_model`.
     c.model.overrides = ml_collections.ConfigDict()
     # How attention writes QK^T and AV (`attention.CORE_CHOICES`), here so that the command
-    # line can ablate it; "auto" picks per backend and head width (`models/cores.py`).
+    # line can ablate it; "auto" picks per backend and head width (`nested_tnt_jax/ops`).
     c.model.overrides.attention_core = "auto"
 
     c.dataset = ml_collections.ConfigDict()
@@ -163,6 +163,8 @@ def dataset_config(
     c.dataset.test_split = info.test_split
     c.augment.crop = info.crop
     c.model.name = (CPU_MODEL if args.cpu else PAPER_MODEL)[args.model]
+    c.model.nesting.update(models.model_config(c.model.name)[1].get(
+        "nesting", models.Nesting()).to_dict())
     settings = dict(paper)
     if args.cpu:
         settings.update(cpu)
@@ -173,11 +175,6 @@ def dataset_config(
         for p in parents:
             node = node[p]
         node[leaf] = value
-    if args.model != "vit":
-        model = models.create_model(c.model.name, **c.model.overrides.to_dict())
-        for field in NESTING_FIELDS:
-            if hasattr(model, field):
-                c.model.overrides[field] = getattr(model, field)
     if args.steps:
         c.num_train_steps = args.steps
         c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)

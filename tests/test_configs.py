@@ -151,25 +151,28 @@ def test_missing_init_from(tmp_path):
 
 
 def test_nesting_switches_are_present_for_command_line_overrides():
-    """`--config.model.overrides.<switch>=...` needs the field to exist with its type."""
+    """`--config.model.nesting.<field>=...` needs the field to exist with its type."""
     config = get_config("cifar10", "model=nested_tnt,cpu")
-    overrides = config.model.overrides
-    assert (overrides.nest_inner, overrides.nest_outer, overrides.mixer) == (True, True, True)
-    assert overrides.logit_noise == 0.1  # the CPU setup's own value is kept
-    overrides.nest_inner, overrides.mixer, overrides.logit_noise = False, False, 0.0
-    model = models.create_model(config.model.name, **overrides.to_dict())
-    assert (model.nest_inner, model.nest_outer, model.mixer, model.logit_noise) == (
-        False, True, False, 0.0)
-    assert get_config("cifar10", "model=tnt").model.overrides.nest_outer is False
-    assert "nest_inner" not in get_config("cifar10", "model=vit").model.overrides
+    nesting = config.model.nesting
+    assert (nesting.inner, nesting.outer, nesting.mixer) == (True, True, True)
+    assert nesting.logit_noise == 0.1  # the CPU setup's own value is kept
+    nesting.inner, nesting.mixer, nesting.logit_noise = False, False, 0.0
+    model = models.create_model(config.model.name, nesting=nesting.to_dict())
+    assert model.nesting == models.Nesting(inner=False, outer=True, mixer=False, logit_noise=0.0)
+    assert get_config("cifar10", "model=tnt").model.nesting.outer is False
+    vit = get_config("cifar10", "model=vit").model
+    assert set(vit.nesting) == set(nesting) and not vit.nesting.outer
+    with pytest.raises(AttributeError):
+        nesting.nest_inner = False  # the spec's fields are fixed: a typo is refused
 
 
 def numeric_fields(config, prefix=""):
-    """Dotted names of the numeric (not bool) leaves of `config`, except `model.overrides`:
-    those are the model's constructor arguments, which `models.create_model` owns."""
+    """Dotted names of the numeric (not bool) leaves of `config`, except `model.overrides` and
+    `model.nesting`: those are the model's constructor arguments, which `models.create_model`
+    owns."""
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if name == "model.overrides":
+        if name in ("model.overrides", "model.nesting"):
             continue
         if isinstance(value, ml_collections.ConfigDict):
             yield from numeric_fields(value, name + ".")
@@ -230,12 +233,13 @@ def test_every_numeric_model_field_has_a_range():
                 assert f.name in models.FIELD_RANGES, (cls.__name__, f.name)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("drop_path_rate", -0.1), ("drop_path_rate", 1.0), ("logit_noise", -1.0),
-    ("logit_noise", float("nan")), ("mixer_ratio", 0), ("mlp_ratio", 0.0),
+@pytest.mark.parametrize("block,field,value", [
+    ("overrides", "drop_path_rate", -0.1), ("overrides", "drop_path_rate", 1.0),
+    ("nesting", "logit_noise", -1.0), ("nesting", "logit_noise", float("nan")),
+    ("nesting", "mixer_ratio", 0), ("overrides", "mlp_ratio", 0.0),
 ])
-def test_model_overrides_out_of_range_are_refused(field, value):
+def test_model_overrides_out_of_range_are_refused(block, field, value):
     config = get_config("cifar10", "model=nested_tnt,cpu")
-    config.model.overrides[field] = value
-    with pytest.raises(train.ConfigError, match=rf"config\.model\.overrides\.{field} is"):
+    config.model[block][field] = value
+    with pytest.raises(train.ConfigError, match=rf"config\.model\.{block}\.{field} is"):
         train.validate_config(config)

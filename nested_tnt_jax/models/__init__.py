@@ -2,27 +2,31 @@
 
 `create_model(name, num_classes=1000, img_size=None, **overrides)` returns a `flax.linen`
 module; `module.apply(variables, images_nhwc, train=..., rngs={"dropout": k1, "noise": k2})`
-returns float32 logits. Overrides are the module's fields (`drop_path_rate`, `nest_inner`,
-`dtype`, `scan_blocks`, `attention_core`, ...).
+returns float32 logits. Overrides are the module's fields (`drop_path_rate`, `dtype`,
+`scan_blocks`, `attention_core`, ...); `nesting` (a `Nesting` or a mapping of its fields)
+changes the registered variant's nesting spec.
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nested_tnt_jax import ops
 from nested_tnt_jax.errors import check_range
-from nested_tnt_jax.models.cores import check_core_choice
+from nested_tnt_jax.models import nesting as nesting_spec
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
+from nested_tnt_jax.models.nesting import Nesting
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
 
 __all__ = ["create_model", "list_models", "model_config", "params_to_loop", "params_to_scan",
-           "TNT", "ViT"]
+           "Nesting", "TNT", "ViT"]
 
-_NESTED = dict(nest_inner=True, nest_outer=True)
-_NESTED_VIT = dict(nested=True)
+_NESTED = dict(nesting=Nesting(inner=True, outer=True))
+_NESTED_VIT = dict(nesting=Nesting(outer=True))
 # The 32x32 variants share depth and widths across families so comparisons are fair. patch4
 # and patch8 give 16 words per sentence: patch 4 with a kernel-3 stride-1 word conv (64
 # sentences, more accurate), patch 8 with kernel 3 stride 2 (16 sentences, ~2.5x faster on CPU).
@@ -65,13 +69,12 @@ _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 # The range of every numeric field of the model classes, checked by `create_model`: sizes are
 # positive integers, rates are probabilities of dropping, the noise is a standard deviation.
 _SIZES = ("img_size", "patch_size", "num_classes", "embed_dim", "inner_dim", "depth", "num_heads",
-          "num_heads_inner", "num_heads_outer", "word_kernel", "word_stride", "mixer_ratio")
+          "num_heads_inner", "num_heads_outer", "word_kernel", "word_stride")
 _RATES = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
 FIELD_RANGES: dict[str, dict[str, Any]] = {
     **{f: dict(low=1, integer=True) for f in _SIZES},
     **{f: dict(low=0, high=1, high_open=True, hint="a dropout probability") for f in _RATES},
     "mlp_ratio": dict(low=0, low_open=True, hint="MLP width over embedding width"),
-    "logit_noise": dict(low=0, hint="the standard deviation of the nested-attention noise"),
 }
 
 
@@ -94,21 +97,40 @@ def model_config(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
 
 
 def create_model(
-    name: str, num_classes: int = 1000, img_size: int | None = None, **overrides: Any
+    name: str, num_classes: int = 1000, img_size: int | None = None,
+    nesting: Nesting | Mapping[str, Any] | None = None, **overrides: Any
 ) -> nn.Module:
     """Build registered model `name` for `num_classes` classes at `img_size` (None: its own).
 
-    `overrides` replace the module's fields (e.g. `drop_path_rate=0.1`, `nest_outer=False`,
-    `dtype="bfloat16"` for bfloat16 compute with float32 params, `scan_blocks=True`).
+    `nesting` changes fields of the variant's nesting spec (e.g. `{"inner": False}`, or a whole
+    `Nesting`); `overrides` replace the module's other fields (e.g. `drop_path_rate=0.1`,
+    `dtype="bfloat16"` for bfloat16 compute with float32 params, `scan_blocks=True`). The
+    nesting switches' old override names (`nest_inner=False`, ...) are read through
+    `nesting.split_legacy`.
     """
     cls, kwargs = model_config(name)
-    valid = _fields(cls)
+    overrides, legacy = nesting_spec.split_legacy(overrides)
+    changes = {**legacy, **(nesting.to_dict() if isinstance(nesting, Nesting)
+                            else dict(nesting or {}))}
+    unknown = sorted(set(changes) - set(nesting_spec.FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown nesting field(s) {', '.join(unknown)}; the fields are "
+                         f"{', '.join(nesting_spec.FIELDS)}.")
+    spec = kwargs.get("nesting", Nesting()).replace(**changes)
+    valid = [f for f in _fields(cls) if f != "nesting"]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(
             f"Unknown override(s) {', '.join(unknown)} for model {name!r} ({cls.__name__}). "
             f"Valid overrides: {', '.join(sorted(valid))}.")
+    missing = [c for c in nesting_spec.CHAINS if spec.nested(c) and c not in cls.chains]
+    if missing:
+        raise ValueError(
+            f"Model {name!r} has no {' or '.join(missing)} attention chain to nest (its "
+            f"chains: {', '.join(cls.chains)}); set "
+            f"{', '.join(f'model.nesting.{c}=False' for c in missing)}.")
     kwargs.update(overrides)
+    kwargs["nesting"] = spec
     kwargs["num_classes"] = num_classes
     if img_size is not None:
         kwargs["img_size"] = img_size
@@ -118,11 +140,12 @@ def create_model(
     for field, bounds in FIELD_RANGES.items():
         if hasattr(module, field):
             check_range(f"model.overrides.{field}", getattr(module, field), **bounds)
-    check_core_choice(module.attention_core)
+    for field, bounds in nesting_spec.RANGES.items():
+        check_range(f"model.nesting.{field}", getattr(spec, field), **bounds)
+    ops.check_core_choice(module.attention_core)
     if module.img_size % module.patch_size:
         raise ValueError(
             f"Image size {module.img_size} is not divisible by the patch size "
             f"{module.patch_size} of model {name!r}; pass an img_size that is a multiple of "
             f"{module.patch_size}.")
     return module
-

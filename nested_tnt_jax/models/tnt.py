@@ -8,6 +8,7 @@ token). Nested-TNT replaces the attention of both transformers by nested multi-h
 carried from block to block. With both chains off it computes exactly TNT from the same params.
 """
 
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from nested_tnt_jax.models.attention import Attention
 from nested_tnt_jax.models.layers import (
     Dtype, DropPath, Mlp, WordEmbed, dense, drop_path_rates, layer_norm, stack_blocks, word_grid)
+from nested_tnt_jax.models.nesting import Nesting
 
 TNT_EPS = 1e-5  # timm's TNT uses nn.LayerNorm's default epsilon
 # (words, sentences, inner logits or None, outer logits or None)
@@ -40,20 +42,15 @@ class TNTBlock(nn.Module):
     proj_drop: float = 0.0
     attn_drop: float = 0.0
     legacy: bool = False
-    nest_inner: bool = False
-    nest_outer: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
-    def _attention(self, dim: int, heads: int, nested: bool, name: str) -> Attention:
+    def _attention(self, dim: int, heads: int, chain: str, name: str) -> Attention:
         return Attention(
             dim, heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
-            proj_drop=self.proj_drop, nested=nested, mixer=self.mixer,
-            mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
+            proj_drop=self.proj_drop, nesting=self.nesting, chain=chain,
             deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
             name=name)
 
@@ -65,7 +62,7 @@ class TNTBlock(nn.Module):
 
         # Inner transformer over the words of every sentence.
         y, inner_logits = self._attention(
-            self.inner_dim, self.num_heads_inner, self.nest_inner, "attn_in",
+            self.inner_dim, self.num_heads_inner, "inner", "attn_in",
         )(norm("norm_in")(words), inner_logits)
         words = words + path(y, drop_path)
         y = Mlp(4 * self.inner_dim, self.inner_dim, self.proj_drop, self.deterministic,
@@ -84,7 +81,7 @@ class TNTBlock(nn.Module):
 
         # Outer transformer over the sentences.
         y, outer_logits = self._attention(
-            self.embed_dim, self.num_heads_outer, self.nest_outer, "attn_out",
+            self.embed_dim, self.num_heads_outer, "outer", "attn_out",
         )(norm("norm_out")(sentences), outer_logits)
         sentences = sentences + path(y, drop_path)
         y = Mlp(int(self.embed_dim * self.mlp_ratio), self.embed_dim, self.proj_drop,
@@ -97,11 +94,13 @@ class TNT(nn.Module):
     """TNT / Nested-TNT classifier. Parameter names follow timm's state_dict keys.
 
     `word_kernel` / `word_stride` are the word conv's kernel and stride (timm: 7 and 4, i.e.
-    4x4 words in a 16x16 patch); small-image variants use e.g. kernel 3, stride 1. The nesting
-    flags (`nest_inner`, `nest_outer`, `mixer`, `mixer_ratio`, `logit_noise`) make each
-    ablation a config change; TNT is the default with both chains off. `attention_core` picks
-    how every attention layer writes QK^T and AV (`attention.CORE_CHOICES`; same values).
+    4x4 words in a 16x16 patch); small-image variants use e.g. kernel 3, stride 1. `nesting`
+    (`nesting.Nesting`: chains `inner` and `outer`, mixer, ratio, noise) makes each ablation a
+    config change; TNT is the default with both chains off. `attention_core` picks
+    how every attention layer writes QK^T and AV (`ops.CORE_CHOICES`; same values).
     """
+
+    chains: ClassVar[tuple[str, ...]] = ("inner", "outer")
 
     img_size: int = 224
     patch_size: int = 16
@@ -116,11 +115,7 @@ class TNT(nn.Module):
     word_kernel: int = 7
     word_stride: int = 4
     legacy: bool = False
-    nest_inner: bool = False
-    nest_outer: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
@@ -157,9 +152,8 @@ class TNT(nn.Module):
             inner_dim=self.inner_dim, embed_dim=self.embed_dim,
             num_heads_inner=self.num_heads_inner, num_heads_outer=self.num_heads_outer,
             mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, legacy=self.legacy, nest_inner=self.nest_inner,
-            nest_outer=self.nest_outer, mixer=self.mixer, mixer_ratio=self.mixer_ratio,
-            logit_noise=self.logit_noise, attention_core=self.attention_core,
+            attn_drop=self.attn_drop_rate, legacy=self.legacy, nesting=self.nesting,
+            attention_core=self.attention_core,
             deterministic=not train, dtype=self.dtype)
         _, sentences, _, _ = stack_blocks(
             TNTBlock, block_kwargs, (words, sentences, None, None),

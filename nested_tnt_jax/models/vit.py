@@ -1,11 +1,12 @@
 """Vision Transformer (timm's `VisionTransformer`) and Nested-ViT (Peng et al., ICME 2023).
 
-ViT follows timm's default class-token setup. Nested-ViT (`nested=True`) replaces every
+ViT follows timm's default class-token setup. Nested-ViT (`nesting.outer`) replaces every
 attention layer by nested multi-head attention (`attention.py`): one logit chain over the whole
 attention stack, carried from block to block, with the same mixer and logit noise as
-Nested-TNT's chains. With `nested=False` it computes exactly ViT from the same params.
+Nested-TNT's chains. With the chain off it computes exactly ViT from the same params.
 """
 
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 from nested_tnt_jax.models.attention import Attention
 from nested_tnt_jax.models.layers import (
     Dtype, DropPath, Mlp, PatchEmbed, dense, drop_path_rates, layer_norm, stack_blocks)
+from nested_tnt_jax.models.nesting import Nesting
 
 VIT_EPS = 1e-6  # timm's ViT uses partial(nn.LayerNorm, eps=1e-6)
 # (tokens, carried logits or None)
@@ -29,10 +31,7 @@ class ViTBlock(nn.Module):
     qkv_bias: bool = True
     proj_drop: float = 0.0
     attn_drop: float = 0.0
-    nested: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
@@ -43,10 +42,9 @@ class ViTBlock(nn.Module):
         path = DropPath(self.deterministic)
         y, logits = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, fused_qkv=True,
-            attn_drop=self.attn_drop, proj_drop=self.proj_drop, nested=self.nested,
-            mixer=self.mixer, mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
-            deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
-            name="attn",
+            attn_drop=self.attn_drop, proj_drop=self.proj_drop, nesting=self.nesting,
+            chain="outer", deterministic=self.deterministic, core=self.attention_core,
+            dtype=self.dtype, name="attn",
         )(layer_norm(VIT_EPS, "norm1", self.dtype)(x), logits)
         x = x + path(y, drop_path)
         y = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.proj_drop, self.deterministic,
@@ -59,10 +57,12 @@ class ViT(nn.Module):
 
     Parameter names follow timm (`patch_embed/proj`, `cls_token`, `pos_embed`, `blocks_i/attn/qkv`,
     `norm`, `head`). `drop_rate` is timm's head dropout; `drop_path_rate` its linear schedule.
-    The nesting flags (`nested`, `mixer`, `mixer_ratio`, `logit_noise`) mean what they mean
-    for TNT's chains; ViT is the default with the chain off. `attention_core` picks how
-    attention writes QK^T and AV (`attention.CORE_CHOICES`).
+    `nesting` (`nesting.Nesting`) means what it means for TNT; ViT's one chain is `outer`
+    (its tokens play the sentences' part), and ViT is the default with the chain off.
+    `attention_core` picks how attention writes QK^T and AV (`ops.CORE_CHOICES`).
     """
+
+    chains: ClassVar[tuple[str, ...]] = ("outer",)
 
     img_size: int = 224
     patch_size: int = 16
@@ -77,10 +77,7 @@ class ViT(nn.Module):
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    nested: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     scan_blocks: bool = False
     remat: bool = False
@@ -101,8 +98,7 @@ class ViT(nn.Module):
         block_kwargs = dict(
             dim=self.embed_dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, nested=self.nested, mixer=self.mixer,
-            mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
+            attn_drop=self.attn_drop_rate, nesting=self.nesting,
             attention_core=self.attention_core, deterministic=not train, dtype=self.dtype)
         x, _ = stack_blocks(ViTBlock, block_kwargs, (x, None),
                          drop_path_rates(self.drop_path_rate, self.depth),
