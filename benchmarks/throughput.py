@@ -246,29 +246,12 @@ def _jaxpr_flops(jaxpr) -> float:
 
 
 def timm_twin(module, num_classes: int):
-    """timm's PyTorch model with `module`'s architecture (random weights).
-
-    Nested-TNT has no timm counterpart: its twin is timm's TNT of the same widths, so the ratio
-    shows our nesting cost and timm's speed together. timm's word conv is fixed at 7x7; for our
-    small variants with another kernel the conv is swapped for one of that kernel.
-    """
-    import torch
-    from timm.models.tnt import TNT
-    from timm.models.vision_transformer import VisionTransformer
-
-    common = dict(img_size=module.img_size, patch_size=module.patch_size,
-                  num_classes=num_classes, embed_dim=module.embed_dim, depth=module.depth,
-                  mlp_ratio=module.mlp_ratio, qkv_bias=module.qkv_bias)
-    if isinstance(module, models.ViT):
-        return VisionTransformer(num_heads=module.num_heads, **common)
-    twin = TNT(inner_dim=module.inner_dim, num_heads_inner=module.num_heads_inner,
-               num_heads_outer=module.num_heads_outer, first_stride=module.word_stride,
-               legacy=module.legacy, **common)
-    if module.word_kernel != 7:
-        twin.pixel_embed.proj = torch.nn.Conv2d(
-            3, module.inner_dim, module.word_kernel, stride=module.word_stride,
-            padding=module.word_kernel // 2)
-    return twin
+    """timm's PyTorch model with `module`'s architecture (random weights), as its family
+    declares it (`registry.Family.timm_twin`)."""
+    family = models.family_of(module)
+    if family.timm_twin is None:
+        raise ValueError(f"The {family.name} family declares no timm twin to compare with.")
+    return family.timm_twin(module, num_classes)
 
 
 class TimmBench:

@@ -64,12 +64,11 @@ CPU = {
 }
 
 # The nested-attention logit noise (N(0, 1) by default) scaled down for the short CPU run.
-CPU_BY_FAMILY = {family: {"model.nesting.logit_noise": 0.1}
-                 for family in ("nested_tnt", "nested_vit")}
+CPU_NESTED = {"model.nesting.logit_noise": 0.1}
 
 
 def get_config(arg: str | None = None):
     """`arg`: `model=vit|tnt|nested_tnt|nested_vit`, `cpu`, `steps=N`, `batch=N` (comma
     separated). `steps=N` also caps the warmup at N // 10 steps, so any N >= 1 trains."""
     return common["dataset_config"]("cifar10", arg, paper=PAPER, cpu=CPU,
-                                  cpu_by_family=CPU_BY_FAMILY)
+                                  cpu_nested=CPU_NESTED)

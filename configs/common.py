@@ -14,16 +14,6 @@ import ml_collections
 from nested_tnt_jax import models
 from nested_tnt_jax.data import dataset_info
 
-MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
-# Registry names per family: the paper's 224 px "small" models, and the CPU-sized CIFAR ones
-# (patch 8: the patch-4 variants are too slow for a 2-core CPU, see configs/cifar10.py).
-PAPER_MODEL = {
-    "vit": "vit_small_patch16_224", "tnt": "tnt_s_patch16_224",
-    "nested_tnt": "nested_tnt_s_patch16_224", "nested_vit": "nested_vit_small_patch16_224",
-}
-CPU_MODEL = {"vit": "vit_cifar_patch8_32", "tnt": "tnt_cifar_patch8_word4_32",
-             "nested_tnt": "nested_tnt_cifar_patch8_word4_32",
-             "nested_vit": "nested_vit_cifar_patch8_32"}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -133,23 +123,24 @@ def dataset_config(
     *,
     paper: dict,
     cpu: dict | None = None,
-    cpu_by_family: dict[str, dict] | None = None,
+    cpu_nested: dict | None = None,
 ) -> ml_collections.ConfigDict:
     """The config for `dataset`, paper setup by default, CPU setup with the `cpu` flag.
 
     `paper` / `cpu` are flat `{"dotted.field": value}` dicts applied over `base_config()`;
-    `cpu_by_family[model]` adds settings only one family accepts (e.g. nested-attention
-    overrides that ViT does not have).
-    Arguments: `model=vit|tnt|nested_tnt|nested_vit`, `cpu` (only where the dataset has a CPU
+    `cpu_nested` adds CPU settings for models that nest a chain (e.g. their logit noise).
+    Arguments: `model=<choice>` (a choice a model family registers, `models.registry`:
+    vit, tnt, nested_tnt, nested_vit), `cpu` (only where the dataset has a CPU
     setup), `steps=N` (sets num_train_steps, and caps the warmup at a tenth of the run:
     warmup_steps = min(the setup's warmup_steps, N // 10), so any N >= 1 trains), `batch=N`
     (sets batch_size).
     """
     args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
-    if args.model not in MODELS:
+    choices = models.registry.choices()
+    if args.model not in choices:
         raise ValueError(
             f"Config argument model={args.model!r} is not a model family. Use one of "
-            f"{', '.join(MODELS)}, e.g. `configs/{dataset}.py:model=tnt`."
+            f"{', '.join(choices)}, e.g. `configs/{dataset}.py:model=tnt`."
         )
     if args.cpu and cpu is None:
         raise ValueError(
@@ -162,13 +153,15 @@ def dataset_config(
     c.dataset.eval_split = info.eval_split
     c.dataset.test_split = info.test_split
     c.augment.crop = info.crop
-    c.model.name = (CPU_MODEL if args.cpu else PAPER_MODEL)[args.model]
-    c.model.nesting.update(models.model_config(c.model.name)[1].get(
-        "nesting", models.Nesting()).to_dict())
+    choice = choices[args.model]
+    c.model.name = choice.cpu if args.cpu else choice.paper
+    spec = models.model_config(c.model.name)[1].get("nesting", models.Nesting())
+    c.model.nesting.update(spec.to_dict())
     settings = dict(paper)
     if args.cpu:
         settings.update(cpu)
-        settings.update((cpu_by_family or {}).get(args.model, {}))
+        if any(spec.nested(chain) for chain in models.nesting.CHAINS):
+            settings.update(cpu_nested or {})
     for key, value in settings.items():
         *parents, leaf = key.split(".")
         node = c

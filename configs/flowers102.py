@@ -58,11 +58,11 @@ CPU = {
     "checkpoint_every_steps": 500,
     "eval_every_steps": 250,
 }
-CPU_BY_FAMILY = dict(cifar10["CPU_BY_FAMILY"])
+CPU_NESTED = dict(cifar10["CPU_NESTED"])
 
 
 def get_config(arg: str | None = None):
     """`arg`: `model=vit|tnt|nested_tnt|nested_vit`, `cpu`, `steps=N`, `batch=N` (comma
     separated). `steps=N` also caps the warmup at N // 10 steps, so any N >= 1 trains."""
     return common["dataset_config"]("oxford_flowers102", arg, paper=PAPER, cpu=CPU,
-                                  cpu_by_family=CPU_BY_FAMILY)
+                                  cpu_nested=CPU_NESTED)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from experiments import stats
-from nested_tnt_jax.models import nesting
+from nested_tnt_jax.models import nesting, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -60,23 +60,21 @@ class Variant:
     nesting: tuple[tuple[str, str], ...] = ()
 
 
+# Every model choice the families register (`models.registry`), then the Nested-TNT ablations.
+MODELS = tuple(registry.choices())
 VARIANTS = {v.name: v for v in (
-    Variant("vit", "vit"),
-    Variant("tnt", "tnt"),
-    Variant("nested_tnt", "nested_tnt"),
-    Variant("nested_vit", "nested_vit"),
+    *(Variant(name, name) for name in MODELS),
     Variant("nested_tnt-no_inner", "nested_tnt", (("inner", "False"),)),
     Variant("nested_tnt-no_outer", "nested_tnt", (("outer", "False"),)),
     Variant("nested_tnt-no_mixer", "nested_tnt", (("mixer", "False"),)),
     Variant("nested_tnt-no_noise", "nested_tnt", (("logit_noise", "0.0"),)),
     Variant("nested_tnt-noise_1", "nested_tnt", (("logit_noise", "1.0"),)),
 )}
-MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
 ABLATIONS = tuple(name for name in VARIANTS if name not in MODELS)
 # Paired comparisons reported per row: the row's model minus each reference, same seeds.
-REFERENCES = {"nested_tnt": ("tnt", "vit"), "nested_vit": ("vit",),
+REFERENCES = {**{c.name: c.references for c in registry.choices().values() if c.references},
               **{a: ("nested_tnt", "tnt") for a in ABLATIONS}}
-REFERENCE_COLUMNS = ("tnt", "vit", "nested_tnt")
+REFERENCE_COLUMNS = tuple(dict.fromkeys(ref for refs in REFERENCES.values() for ref in refs))
 
 
 class SweepError(ValueError):

@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from nested_tnt_jax import data, models, train
+from nested_tnt_jax.models import registry
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -225,12 +226,12 @@ def test_edges_of_the_ranges_are_refused(field, value):
 
 
 def test_every_numeric_model_field_has_a_range():
-    """`create_model` checks each numeric field of the model classes; a new one without a
+    """`create_model` checks each numeric field of every family's module; a new one without a
     range fails here."""
-    for cls in (models.TNT, models.ViT):
-        for f in dataclasses.fields(cls):
+    for family in registry.families():
+        for f in dataclasses.fields(family.module):
             if f.type in (int, float, "int", "float"):
-                assert f.name in models.FIELD_RANGES, (cls.__name__, f.name)
+                assert f.name in family.ranges(), (family.name, f.name)
 
 
 @pytest.mark.parametrize("block,field,value", [

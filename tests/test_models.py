@@ -13,7 +13,8 @@ from nested_tnt_jax.models import (
     Nesting,
     create_model, list_models, model_config, params_to_loop, params_to_scan)
 from nested_tnt_jax.models import layers
-from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
+from nested_tnt_jax.models.layers import drop_path_rates, gelu
+from nested_tnt_jax.models.tnt import WindowConv
 
 SMALL = "nested_tnt_cifar_patch8_32"
 # rbg keys: threefry's first compile per shape costs seconds on CPU, and these tests only need

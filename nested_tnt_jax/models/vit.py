@@ -6,20 +6,34 @@ attention stack, carried from block to block, with the same mixer and logit nois
 Nested-TNT's chains. With the chain off it computes exactly ViT from the same params.
 """
 
-from typing import ClassVar
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nested_tnt_jax.models import registry
 from nested_tnt_jax.models.attention import Attention
 from nested_tnt_jax.models.layers import (
-    Dtype, DropPath, Mlp, PatchEmbed, dense, drop_path_rates, layer_norm, stack_blocks)
+    Dtype, DropPath, Mlp, conv_init, dense, drop_path_rates, layer_norm, stack_blocks)
 from nested_tnt_jax.models.nesting import Nesting
 
 VIT_EPS = 1e-6  # timm's ViT uses partial(nn.LayerNorm, eps=1e-6)
 # (tokens, carried logits or None)
 Carry = tuple[jax.Array, jax.Array | None]
+
+
+class PatchEmbed(nn.Module):
+    """ViT patch embedding: a stride-`patch` conv, flattened to (B, N, D)."""
+
+    patch_size: int
+    embed_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=conv_init, name="proj")(x)
+        return x.reshape(x.shape[0], -1, self.embed_dim)
 
 
 class ViTBlock(nn.Module):
@@ -61,8 +75,6 @@ class ViT(nn.Module):
     (its tokens play the sentences' part), and ViT is the default with the chain off.
     `attention_core` picks how attention writes QK^T and AV (`ops.CORE_CHOICES`).
     """
-
-    chains: ClassVar[tuple[str, ...]] = ("outer",)
 
     img_size: int = 224
     patch_size: int = 16
@@ -107,3 +119,37 @@ class ViT(nn.Module):
         x = layer_norm(VIT_EPS, "norm", self.dtype)(x)[:, 0]
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         return dense(self.num_classes, "head", self.dtype)(x).astype(jnp.float32)
+
+
+def _timm_twin(module: ViT, num_classes: int):
+    """timm's VisionTransformer of `module`'s widths (Nested-ViT's twin is its plain ViT)."""
+    from timm.models.vision_transformer import VisionTransformer  # noqa: PLC0415 (optional)
+
+    return VisionTransformer(
+        img_size=module.img_size, patch_size=module.patch_size, num_classes=num_classes,
+        embed_dim=module.embed_dim, depth=module.depth, num_heads=module.num_heads,
+        mlp_ratio=module.mlp_ratio, qkv_bias=module.qkv_bias)
+
+
+FAMILY = registry.register_family(registry.Family(
+    name="vit", module=ViT, chains={"attn": "outer"},
+    heads=lambda model: {"outer": model.num_heads},
+    chain_words={"outer": "attention (between patches)"},
+    timm_twin=_timm_twin, field_ranges=registry.positive_sizes("num_heads")))
+
+_NESTED = dict(nesting=Nesting(outer=True))
+# The 32x32 variants share depth and widths with TNT's (tnt.py) so comparisons are fair.
+_CIFAR = dict(img_size=32, embed_dim=128, depth=4, mlp_ratio=2.0, num_heads=4)
+for _size, _widths in (("tiny_patch16_224", dict(embed_dim=192, depth=12, num_heads=3)),
+                       ("small_patch16_224", dict(embed_dim=384, depth=12, num_heads=6)),
+                       ("base_patch16_224", dict(embed_dim=768, depth=12, num_heads=12)),
+                       ("cifar_patch4_32", dict(_CIFAR, patch_size=4)),
+                       ("cifar_patch8_32", dict(_CIFAR, patch_size=8))):
+    registry.register_model(f"vit_{_size}", FAMILY, **_widths)
+    registry.register_model(f"nested_vit_{_size}", FAMILY, **_widths, **_NESTED)
+
+# The configs' `model=vit|nested_vit`: the paper's small model, and the CPU configs' patch-8 one.
+registry.register_choice("vit", paper="vit_small_patch16_224", cpu="vit_cifar_patch8_32",
+                         order=0)
+registry.register_choice("nested_vit", paper="nested_vit_small_patch16_224",
+                         cpu="nested_vit_cifar_patch8_32", references=("vit",), order=3)
