@@ -1,12 +1,9 @@
-"""Shared config pieces: the full field set, argument parsing, the paper and CPU setups.
+"""Shared config pieces: the full field set, the `:arguments`, the model choice, the end.
 
-Each `configs/<dataset>.py` only names its dataset and its paper hyper-parameters; every field a
-user can override lives here, so that `--config.x.y=...` on any dataset config accepts the same
-keys and a typo is refused by the locked ConfigDict.
-
-Config files are loaded by path (ml_collections' `config_flags`), not as a package, so the
-dataset configs load this file with `runpy.run_path` next to their own path rather than
-`import configs.common`.
+Every field a user can override lives in `base_config`, with a neutral default, so that
+`--config.x.y=...` on any dataset config accepts the same keys and a typo is refused by the
+locked ConfigDict. Each `configs/<dataset>.py` starts from `model_config` (fields, dataset,
+model), sets its setup's values in its own body, and ends with `finish`.
 """
 
 import ml_collections
@@ -62,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.name = ""
     c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
     # Splits and crop default to the dataset's entry in `nested_tnt_jax.data.DATASETS` (CIFAR:
-    # train[:98%] / train[98%:] for validation / test), filled in by `dataset_config`.
+    # train[:98%] / train[98%:] for validation / test), filled in by `model_config`.
     c.dataset.train_split = ""
     c.dataset.eval_split = ""
     c.dataset.test_split = ""
@@ -117,23 +114,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def dataset_config(
-    dataset: str,
-    arg: str | None,
-    *,
-    paper: dict,
-    cpu: dict | None = None,
-    cpu_nested: dict | None = None,
-) -> ml_collections.ConfigDict:
-    """The config for `dataset`, paper setup by default, CPU setup with the `cpu` flag.
+def model_config(
+    dataset: str, arg: str | None, *, has_cpu: bool = True
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(config, arguments) for `dataset` before its setup: every field at its neutral default,
+    the dataset's splits and crop from its table entry, the chosen model with its registered
+    nesting spec. The dataset file then sets its setup's values and calls `finish`.
 
-    `paper` / `cpu` are flat `{"dotted.field": value}` dicts applied over `base_config()`;
-    `cpu_nested` adds CPU settings for models that nest a chain (e.g. their logit noise).
-    Arguments: `model=<choice>` (a choice a model family registers, `models.registry`:
-    vit, tnt, nested_tnt, nested_vit), `cpu` (only where the dataset has a CPU
-    setup), `steps=N` (sets num_train_steps, and caps the warmup at a tenth of the run:
-    warmup_steps = min(the setup's warmup_steps, N // 10), so any N >= 1 trains), `batch=N`
-    (sets batch_size).
+    Arguments (`configs/<dataset>.py:<arguments>`): `model=<choice>` (a choice a model family
+    registers, `models.registry`: vit, tnt, nested_tnt, nested_vit), `cpu` (the CPU setup,
+    where the dataset has one), `steps=N`, `batch=N` (see `finish`).
     """
     args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
     choices = models.registry.choices()
@@ -142,7 +132,7 @@ def dataset_config(
             f"Config argument model={args.model!r} is not a model family. Use one of "
             f"{', '.join(choices)}, e.g. `configs/{dataset}.py:model=tnt`."
         )
-    if args.cpu and cpu is None:
+    if args.cpu and not has_cpu:
         raise ValueError(
             f"configs/{dataset}.py has no `cpu` variant; drop the flag and use the paper setup."
         )
@@ -157,17 +147,23 @@ def dataset_config(
     c.model.name = choice.cpu if args.cpu else choice.paper
     spec = models.model_config(c.model.name)[1].get("nesting", models.Nesting())
     c.model.nesting.update(spec.to_dict())
-    settings = dict(paper)
-    if args.cpu:
-        settings.update(cpu)
-        if any(spec.nested(chain) for chain in models.nesting.CHAINS):
-            settings.update(cpu_nested or {})
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    return c, args
+
+
+def nests(c: ml_collections.ConfigDict) -> bool:
+    """Whether the config's model nests any attention chain."""
+    return any(c.model.nesting[chain] for chain in models.nesting.CHAINS)
+
+
+def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+           ) -> ml_collections.ConfigDict:
+    """Applies the `steps=N` and `batch=N` arguments and locks the config (its model
+    overrides stay open: their keys are the model's fields, checked by `create_model`).
+
+    `steps=N` sets num_train_steps and caps the warmup at a tenth of the run:
+    warmup_steps = min(the setup's warmup_steps, N // 10), so any N >= 1 trains. `batch=N` sets
+    batch_size.
+    """
     if args.steps:
         c.num_train_steps = args.steps
         c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
@@ -176,18 +172,3 @@ def dataset_config(
     c.lock()
     c.model.overrides.unlock()
     return c
-
-
-# The paper's fine-tuning / pre-training recipe shared by all three datasets (224 px, SGD).
-PAPER = {
-    "image_size": 224,
-    "batch_size": 128,
-    "optim.name": "sgd",
-    "optim.learning_rate": 0.05,
-    "optim.momentum": 0.9,
-    "optim.weight_decay": 1e-4,
-    "optim.grad_clip_norm": 1.0,
-    "augment.mixup_alpha": 0.8,
-    "augment.label_smoothing": 0.1,
-    "model.overrides.drop_path_rate": 0.1,
-}

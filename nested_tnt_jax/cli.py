@@ -138,6 +138,20 @@ def _flag_error(argv: list[str], error: Exception) -> str:
     return config_file_error(error)
 
 
+def put_config_packages_on_path(argv: list[str]) -> None:
+    """For each `--config=FILE[:args]` whose directory is a package (`configs/__init__.py`),
+    puts the package's parent on `sys.path`, so that the file imports its siblings
+    (`from configs import common`) whatever the working directory."""
+    for arg in argv:
+        if arg.startswith(("--config=", "-config=")):
+            path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
+            package = os.path.dirname(path)
+            if os.path.isfile(os.path.join(package, "__init__.py")):
+                root = os.path.dirname(package)
+                if root not in sys.path:
+                    sys.path.insert(0, root)
+
+
 def parse_absl_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=cli.parse_absl_flags)`), with any
     failure turned into one paragraph and exit code 2.
@@ -148,6 +162,7 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
 
+    put_config_packages_on_path(argv)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 (see the docstring)

@@ -2,10 +2,13 @@
 before any work (and before anything is written)."""
 
 import dataclasses
+import importlib
 import os
 import pathlib
 import re
 import runpy
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -244,3 +247,30 @@ def test_model_overrides_out_of_range_are_refused(block, field, value):
     config.model[block][field] = value
     with pytest.raises(train.ConfigError, match=rf"config\.model\.{block}\.{field} is"):
         train.validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102"])
+def test_configs_are_a_package_and_load_by_path_alike(name):
+    module = importlib.import_module(f"configs.{name}")
+    for arg in ("model=nested_tnt", "model=vit,cpu,steps=5"):
+        assert module.get_config(arg).to_dict() == get_config(name, arg).to_dict()
+
+
+def test_the_trainer_loads_a_config_package_from_another_directory(tmp_path):
+    """`--config=<abs path>/configs/cifar10.py` from another working directory: the trainer
+    puts the package's parent on the import path, so the file's `from configs import common`
+    finds its siblings (the bad seed then stops the run before anything is written)."""
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "nested_tnt_jax").symlink_to(CONFIGS.parent / "nested_tnt_jax")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "nested_tnt_jax.main",
+         f"--config={CONFIGS / 'cifar10.py'}:model=tnt,cpu,steps=2", "--config.seed=-1",
+         f"--workdir={work / 'run'}"], cwd=work, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "config.seed is -1" in done.stderr
+    assert not (work / "run").exists()
