@@ -15,9 +15,9 @@ counted once.
 
 CPU variant (`configs/flowers102.py:model=nested_tnt,cpu`): the CPU recipe of
 configs/cifar10.py (`cifar10.cpu`: the `*_cifar_patch8_word4_32` models, AdamW lr 5e-4,
-weight decay 0.05, batch 64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch, with random-resized
-crops and flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the flowers keep more
-detail than at CIFAR's 32 px, at about four times the cost per image. The splits are read into
+weight decay 0.05, batch 64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch,
+with random-resized crops and flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the
+flowers keep more detail than at CIFAR's 32 px, at about four times the cost per image. The splits are read into
 memory once (`input.cache_decoded`): training images with their shorter side shrunk to 128 px,
 from which the random crops are cut, evaluation images as their 64 px centre crops, so the
 host does not decode a full-size JPEG per step. From scratch: the 32 px CIFAR-10 CPU run
