@@ -13,15 +13,15 @@ counted once.
   Hardware / time / result: not measured here (needs an accelerator). The paper reports
   Nested-TNT above ViT by 2.78 and above TNT by 0.25 points top-1 on Flowers102 (its abstract).
 
-CPU variant (`configs/flowers102.py:model=nested_tnt,cpu`): the CPU recipe of
-configs/cifar10.py (`cifar10.cpu`: the `*_cifar_patch8_word4_32` models, AdamW lr 5e-4,
-weight decay 0.05, batch 64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch,
-with random-resized crops and flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the
-flowers keep more detail than at CIFAR's 32 px, at about four times the cost per image. The splits are read into
-memory once (`input.cache_decoded`): training images with their shorter side shrunk to 128 px,
-from which the random crops are cut, evaluation images as their 64 px centre crops, so the
-host does not decode a full-size JPEG per step. From scratch: the 32 px CIFAR-10 CPU run
-cannot be its init_from, its position embeddings having another size.
+CPU variant (`configs/flowers102.py:model=nested_tnt,cpu`): the CPU recipe of configs/cifar10.py
+(`cifar10.cpu`: the `*_cifar_patch8_word4_32` models, AdamW lr 5e-4, weight decay 0.05, batch
+64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch, with random-resized crops and
+flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the flowers keep more detail than at
+CIFAR's 32 px, at about four times the cost per image. The splits are read into memory once
+(`input.cache_decoded`): training images with their shorter side shrunk to 128 px, from which
+the random crops are cut, evaluation images as their 64 px centre crops, so the host does not
+decode a full-size JPEG per step. From scratch: the 32 px CIFAR-10 CPU run cannot be its
+init_from, its position embeddings having another size.
   Command: python -m nested_tnt_jax.main --config=configs/flowers102.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=DIR_WITH_FLOWERS102 --workdir=runs/flowers_cpu
   Hardware: a 2-core x86 CPU, float32.
