@@ -114,6 +114,16 @@ def config_file_error(error: BaseException) -> str:
             "(the file's get_config and its arguments).")
 
 
+def _renamed(override: str) -> str:
+    """A sentence naming today's field for a nesting switch's old name, else ""."""
+    from nested_tnt_jax.models import nesting
+
+    (new,) = nesting.from_legacy({override.split(".", 1)[1]: None})
+    if new == override.split(".", 1)[1]:
+        return ""
+    return (f"The nesting switches are one spec now, config.model.nesting: use --config.{new}. ")
+
+
 def _flag_error(argv: list[str], error: Exception) -> str:
     """One paragraph on a command line that did not parse, naming the offending flag."""
     from absl import flags
@@ -130,8 +140,9 @@ def _flag_error(argv: list[str], error: Exception) -> str:
         for override in overrides if isinstance(config, ConfigDict) else []:
             why = _unknown_field(config, override.split(".", 1)[1])
             if why:
-                return (f"Unknown config field in --{override}: {why}. Fix the name (the "
-                        "config file lists every field with its meaning).")
+                return (f"Unknown config field in --{override}: {why}. "
+                        f"{_renamed(override)}Fix the name (the config file lists every field "
+                        "with its meaning).")
     if isinstance(error, flags.Error) and _CONFIG_FILE_FAILED not in str(error):
         # absl's message names the flag and its value.
         return f"Invalid command line: {str(error).rstrip('.')}. See --helpfull for the flags."

@@ -274,3 +274,15 @@ def test_the_trainer_loads_a_config_package_from_another_directory(tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert "config.seed is -1" in done.stderr
     assert not (work / "run").exists()
+
+
+def test_an_old_nesting_flag_is_refused_naming_the_new_one(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "nested_tnt_jax.main",
+         "--config=configs/cifar10.py:model=nested_tnt,cpu",
+         "--config.model.overrides.nest_inner=False", f"--workdir={tmp_path / 'run'}"],
+        cwd=CONFIGS.parent, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 2
+    assert "use --config.model.nesting.inner" in done.stderr
+    assert not (tmp_path / "run").exists()
