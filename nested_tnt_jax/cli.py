@@ -116,7 +116,7 @@ def config_file_error(error: BaseException) -> str:
 
 def _renamed(override: str) -> str:
     """A sentence naming today's field for a nesting switch's old name, else ""."""
-    from nested_tnt_jax.models import nesting
+    from nested_tnt_jax.models import nesting  # noqa: PLC0415 (jax only after the flags)
 
     (new,) = nesting.from_legacy({override.split(".", 1)[1]: None})
     if new == override.split(".", 1)[1]:
