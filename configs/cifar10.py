@@ -23,7 +23,8 @@ only, logit noise 0.1. Why each choice departs from the paper: docs/cpu_recipe.m
   experiments/cpu_sweep/.
 
 Arguments: `model=vit|tnt|nested_tnt|nested_vit` (or a choice another family registers),
-`cpu`, `steps=N` (also caps the warmup at N // 10 steps, so any N >= 1 trains), `batch=N`.
+`cpu`, `steps=N` (a warmup that would not end before step N becomes N // 10 steps, so any
+N >= 1 trains), `batch=N`.
 """
 
 import ml_collections

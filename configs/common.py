@@ -160,13 +160,15 @@ def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
     """Applies the `steps=N` and `batch=N` arguments and locks the config (its model
     overrides stay open: their keys are the model's fields, checked by `create_model`).
 
-    `steps=N` sets num_train_steps and caps the warmup at a tenth of the run:
-    warmup_steps = min(the setup's warmup_steps, N // 10), so any N >= 1 trains. `batch=N` sets
+    `steps=N` sets num_train_steps; a setup warmup that would not end before the run does
+    (warmup_steps >= N) becomes a tenth of the run, N // 10, so any N >= 1 trains. A warmup that
+    fits is kept, so every run recorded with `steps=N` trains as it did. `batch=N` sets
     batch_size.
     """
     if args.steps:
         c.num_train_steps = args.steps
-        c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
+        if c.optim.warmup_steps >= args.steps:
+            c.optim.warmup_steps = args.steps // 10
     if args.batch:
         c.batch_size = args.batch
     c.lock()

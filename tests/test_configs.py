@@ -51,8 +51,9 @@ def test_arguments_set_steps_and_batch():
         "tnt_cifar_patch8_word4_32", 7, 64)
 
 
-@pytest.mark.parametrize("steps, warmup", [(1, 0), (9, 0), (20, 2), (999, 99), (5000, 100)])
-def test_steps_cap_the_warmup_at_a_tenth_of_the_run(steps, warmup):
+@pytest.mark.parametrize("steps, warmup", [
+    (1, 0), (9, 0), (20, 2), (100, 10), (101, 100), (300, 100), (5000, 100)])
+def test_steps_shorten_a_warmup_that_would_not_end_to_a_tenth_of_the_run(steps, warmup):
     config = get_config("cifar10", f"model=nested_tnt,cpu,steps={steps}")
     assert (config.num_train_steps, config.optim.warmup_steps) == (steps, warmup)
     train.validate_config(config)
