@@ -122,6 +122,7 @@ def register_choice(name: str, *, paper: str, cpu: str, references: tuple[str, .
 
 
 def model_names() -> list[str]:
+    """Registered model names, sorted."""
     return sorted(_MODELS)
 
 
@@ -137,13 +138,14 @@ def family_of(model: nn.Module | str) -> Family:
     """The family of a registered model name or of a built module."""
     if isinstance(model, str):
         return lookup(model)[0]
-    for family in _FAMILIES.values():
+    for family in families():
         if type(model) is family.module:
             return family
     raise ValueError(f"{type(model).__name__} is not the module of a registered model family.")
 
 
 def families() -> list[Family]:
+    """The registered families, in registration order."""
     return list(_FAMILIES.values())
 
 
