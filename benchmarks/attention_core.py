@@ -12,7 +12,7 @@ backward (median of `--iters` calls, compilation excluded):
 - `ours einsum`, `ours heads_first`, `ours broadcast`: `cores.head_logits` and `cores.attend`
   in each of their forms, logits heads first (h, b, q, k), the layout the nested chain carries
   and the mixer reads; the last column marks the form `Attention` takes on this backend for
-  this head width under `--choice` (`cores.core_form`; "auto" by default, "by_width" for the
+  this head width under `--choice` (`ops.core_form`; "auto" by default, "by_width" for the
   per-width rule off CPU);
 - `batch-heads first`: the same products with (b, h, q, d) operands, the usual layout;
 - `dot_product_attention xla` / `cudnn`: `jax.nn.dot_product_attention`; cuDNN's fused kernel
@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from nested_tnt_jax import xla_options
-from nested_tnt_jax.models.cores import CORE_FORMS, attend, core_form, head_logits
+from nested_tnt_jax.ops import CORE_FORMS, core_form
+from nested_tnt_jax.ops.cores import attend, head_logits
 from throughput import host_description, host_line, median_ms
 
 

@@ -19,6 +19,7 @@ import contextlib
 import os
 import pathlib
 import runpy
+import sys
 import time
 
 from absl import app, flags, logging
@@ -47,6 +48,7 @@ _CASES = (
 
 
 _CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+sys.path.insert(0, str(_CONFIGS.parent))  # the config files import their package, `configs`
 _CONFIG_FILE = {"cifar10": "cifar10.py", "oxford_flowers102": "flowers102.py"}
 
 

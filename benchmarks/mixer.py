@@ -6,7 +6,7 @@
 Each case is `name:heads:hidden:columns`, columns being batch x queries x keys of one layer's
 logits. The defaults are the inner and outer chains of the CPU CIFAR models at batch 64 and of
 Nested-TNT-S at 224 px at `--batch` images. Every form of `mixer.MIXER_FORMS` (the blocked one
-with the block width `cores.mixer_form` gives on CPU) is jitted in the same process with the
+with the block width `ops.mixer_form` gives on CPU) is jitted in the same process with the
 trainer's XLA options (`nested_tnt_jax.xla_options`), checked against the reference formula
 evaluated in float64 on the same inputs, and timed alternately (median of `--iters` calls per
 round, median over `--rounds`, compilation excluded). The last column names the form
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nested_tnt_jax import xla_options
-from nested_tnt_jax.models import cores
-from nested_tnt_jax.models.mixer import MIXER_FORMS, mix_heads
+from nested_tnt_jax import ops
+from nested_tnt_jax.ops.mixer import MIXER_FORMS, mix_heads
 from throughput import host_description, host_line, median_ms
 
 CPU_CASES = (
@@ -68,7 +68,7 @@ def run_case(case: str, dtype: str, iters: int, rounds: int) -> dict:
     layers = _layers(heads, hidden, dtype)
     z = jax.random.normal(jax.random.key(1), (heads, columns), dtype)
     cotangent = jax.random.normal(jax.random.key(2), (heads, columns), dtype)
-    block = cores.mixer_form(hidden, "cpu")[1]
+    block = ops.mixer_form(hidden, "cpu")[1]
     options = xla_options.step_compiler_options()
 
     def forward(form):
@@ -97,7 +97,7 @@ def run_case(case: str, dtype: str, iters: int, rounds: int) -> dict:
             ms[k].append(median_ms(f, args, iters))
     ms = {f"{form}_{pass_}_ms": statistics.median(v) for (form, pass_), v in ms.items()}
     return dict(case=name, heads=heads, hidden=hidden, columns=columns,
-                blocked_path=columns >= 2 * block, chosen=cores.mixer_form(hidden)[0],
+                blocked_path=columns >= 2 * block, chosen=ops.mixer_form(hidden)[0],
                 error_vs_float64=max(errors[f] for f in MIXER_FORMS if f != "reference"),
                 reference_error_vs_float64=errors["reference"], **ms)
 

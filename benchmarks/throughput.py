@@ -19,8 +19,8 @@ see the same machine state, and prints our/timm ratios. `--baseline` does the sa
 second model of ours (e.g. the nesting overhead of Nested-TNT over TNT); `--override` changes
 fields of `--model` only, so one run prices one ablation against the baseline:
 
-    python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 --override=mixer=False \
-        --baseline=tnt_s_patch16_224
+    python benchmarks/throughput.py --model=nested_tnt_s_patch16_224 \
+        --override=nesting.mixer=False --baseline=tnt_s_patch16_224
 
 and `--baseline-override` changes the baseline's, so the same model can be its own baseline
 (what the attention core forms gain over the einsum everywhere):
@@ -150,12 +150,15 @@ class JaxBench:
                  xla_defaults: bool = False, host_size: int | None = None,
                  train_only: bool = False, **overrides):
         """`xla_defaults` compiles without the options the trainer uses (`xla_options`);
-        `train_only` leaves the evaluation step out (not compiled, not timed)."""
+        `train_only` leaves the evaluation step out (not compiled, not timed). `overrides` are
+        the model's fields, and `nesting.<field>` keys its nesting spec's."""
         self.name = name
         self.batch = batch
         options = {} if xla_defaults else xla_options.step_compiler_options()
-        self.model = models.create_model(
-            name, num_classes=num_classes, img_size=img_size, dtype=dtype, **overrides)
+        nesting = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("nesting.")}
+        overrides = {k: v for k, v in overrides.items() if not k.startswith("nesting.")}
+        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size,
+                                         dtype=dtype, nesting=nesting, **overrides)
         size = self.model.img_size
         config = _paper_setup()
         rng = jax.random.key(0)
@@ -243,29 +246,12 @@ def _jaxpr_flops(jaxpr) -> float:
 
 
 def timm_twin(module, num_classes: int):
-    """timm's PyTorch model with `module`'s architecture (random weights).
-
-    Nested-TNT has no timm counterpart: its twin is timm's TNT of the same widths, so the ratio
-    shows our nesting cost and timm's speed together. timm's word conv is fixed at 7x7; for our
-    small variants with another kernel the conv is swapped for one of that kernel.
-    """
-    import torch
-    from timm.models.tnt import TNT
-    from timm.models.vision_transformer import VisionTransformer
-
-    common = dict(img_size=module.img_size, patch_size=module.patch_size,
-                  num_classes=num_classes, embed_dim=module.embed_dim, depth=module.depth,
-                  mlp_ratio=module.mlp_ratio, qkv_bias=module.qkv_bias)
-    if isinstance(module, models.ViT):
-        return VisionTransformer(num_heads=module.num_heads, **common)
-    twin = TNT(inner_dim=module.inner_dim, num_heads_inner=module.num_heads_inner,
-               num_heads_outer=module.num_heads_outer, first_stride=module.word_stride,
-               legacy=module.legacy, **common)
-    if module.word_kernel != 7:
-        twin.pixel_embed.proj = torch.nn.Conv2d(
-            3, module.inner_dim, module.word_kernel, stride=module.word_stride,
-            padding=module.word_kernel // 2)
-    return twin
+    """timm's PyTorch model with `module`'s architecture (random weights), as its family
+    declares it (`registry.Family.timm_twin`)."""
+    family = models.family_of(module)
+    if family.timm_twin is None:
+        raise ValueError(f"The {family.name} family declares no timm twin to compare with.")
+    return family.timm_twin(module, num_classes)
 
 
 class TimmBench:
@@ -375,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vs-xla-defaults", action="store_true",
                         help="also run --model compiled with XLA's default options, alternating")
     parser.add_argument("--override", type=parse_override, action="append", default=[],
-                        metavar="FIELD=VALUE", help="a field of --model (repeatable), e.g. mixer=False")
+                        metavar="FIELD=VALUE",
+                        help="a field of --model (repeatable), e.g. nesting.mixer=False")
     parser.add_argument("--baseline-override", type=parse_override, action="append", default=[],
                         metavar="FIELD=VALUE",
                         help="a field of --baseline (repeatable), e.g. attention_core=einsum")

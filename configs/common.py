@@ -1,12 +1,9 @@
-"""Shared config pieces: the full field set, argument parsing, the paper and CPU setups.
+"""Shared config pieces: the full field set, the `:arguments`, the model choice, the end.
 
-Each `configs/<dataset>.py` only names its dataset and its paper hyper-parameters; every field a
-user can override lives here, so that `--config.x.y=...` on any dataset config accepts the same
-keys and a typo is refused by the locked ConfigDict.
-
-Config files are loaded by path (ml_collections' `config_flags`), not as a package, so the
-dataset configs load this file with `runpy.run_path` next to their own path rather than
-`import configs.common`.
+Every field a user can override lives in `base_config`, with a neutral default, so that
+`--config.x.y=...` on any dataset config accepts the same keys and a typo is refused by the
+locked ConfigDict. Each `configs/<dataset>.py` starts from `model_config` (fields, dataset,
+model), sets its setup's values in its own body, and ends with `finish`.
 """
 
 import ml_collections
@@ -14,21 +11,6 @@ import ml_collections
 from nested_tnt_jax import models
 from nested_tnt_jax.data import dataset_info
 
-MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
-# Registry names per family: the paper's 224 px "small" models, and the CPU-sized CIFAR ones
-# (patch 8: the patch-4 variants are too slow for a 2-core CPU, see configs/cifar10.py).
-PAPER_MODEL = {
-    "vit": "vit_small_patch16_224", "tnt": "tnt_s_patch16_224",
-    "nested_tnt": "nested_tnt_s_patch16_224", "nested_vit": "nested_vit_small_patch16_224",
-}
-CPU_MODEL = {"vit": "vit_cifar_patch8_32", "tnt": "tnt_cifar_patch8_word4_32",
-             "nested_tnt": "nested_tnt_cifar_patch8_word4_32",
-             "nested_vit": "nested_vit_cifar_patch8_32"}
-# Nesting switches always present in `model.overrides` (those the family's model has: TNT's
-# two chains, ViT's one): command-line flags can only set existing fields, so this is what
-# makes `--config.model.overrides.nest_inner=False` (and each other ablation) a command-line
-# change.
-NESTING_FIELDS = ("nest_inner", "nest_outer", "nested", "mixer", "mixer_ratio", "logit_noise")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -61,18 +43,23 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict()
     c.model.name = ""
-    # Keyword overrides for `create_model` (drop_path_rate, nest_inner, dtype, ...). Left open
+    # The nesting spec (`models.Nesting`): which attention chains carry their logits (`inner`:
+    # TNT's words, `outer`: TNT's sentences and ViT's tokens), the head mixer, its width ratio
+    # and the logit noise. Filled from the registered model, so each ablation is one flag,
+    # e.g. `--config.model.nesting.inner=False`.
+    c.model.nesting = ml_collections.ConfigDict(models.Nesting().to_dict())
+    # Keyword overrides for `create_model` (drop_path_rate, dtype, ...). Left open
     # (unlocked): its keys are the model's keyword arguments, checked by `create_model`.
     c.model.overrides = ml_collections.ConfigDict()
     # How attention writes QK^T and AV (`attention.CORE_CHOICES`), here so that the command
-    # line can ablate it; "auto" picks per backend and head width (`models/cores.py`).
+    # line can ablate it; "auto" picks per backend and head width (`nested_tnt_jax/ops`).
     c.model.overrides.attention_core = "auto"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = ""
     c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
     # Splits and crop default to the dataset's entry in `nested_tnt_jax.data.DATASETS` (CIFAR:
-    # train[:98%] / train[98%:] for validation / test), filled in by `dataset_config`.
+    # train[:98%] / train[98%:] for validation / test), filled in by `model_config`.
     c.dataset.train_split = ""
     c.dataset.eval_split = ""
     c.dataset.test_split = ""
@@ -130,29 +117,25 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def dataset_config(
-    dataset: str,
-    arg: str | None,
-    *,
-    paper: dict,
-    cpu: dict | None = None,
-    cpu_by_family: dict[str, dict] | None = None,
-) -> ml_collections.ConfigDict:
-    """The config for `dataset`, paper setup by default, CPU setup with the `cpu` flag.
+def model_config(
+    dataset: str, arg: str | None, *, has_cpu: bool = True
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """(config, arguments) for `dataset` before its setup: every field at its neutral default,
+    the dataset's splits and crop from its table entry, the chosen model with its registered
+    nesting spec. The dataset file then sets its setup's values and calls `finish`.
 
-    `paper` / `cpu` are flat `{"dotted.field": value}` dicts applied over `base_config()`;
-    `cpu_by_family[model]` adds settings only one family accepts (e.g. nested-attention
-    overrides that ViT does not have).
-    Arguments: `model=vit|tnt|nested_tnt|nested_vit`, `cpu` (only where the dataset has a CPU
-    setup), `steps=N` (sets num_train_steps), `batch=N` (sets batch_size).
+    Arguments (`configs/<dataset>.py:<arguments>`): `model=<choice>` (a choice a model family
+    registers, `models.registry`: vit, tnt, nested_tnt, nested_vit), `cpu` (the CPU setup,
+    where the dataset has one), `steps=N`, `batch=N` (see `finish`).
     """
     args = parse_arg(arg, model="nested_tnt", cpu=False, steps=0, batch=0)
-    if args.model not in MODELS:
+    choices = models.registry.choices()
+    if args.model not in choices:
         raise ValueError(
             f"Config argument model={args.model!r} is not a model family. Use one of "
-            f"{', '.join(MODELS)}, e.g. `configs/{dataset}.py:model=tnt`."
+            f"{', '.join(choices)}, e.g. `configs/{dataset}.py:model=tnt`."
         )
-    if args.cpu and cpu is None:
+    if args.cpu and not has_cpu:
         raise ValueError(
             f"configs/{dataset}.py has no `cpu` variant; drop the flag and use the paper setup."
         )
@@ -163,41 +146,34 @@ def dataset_config(
     c.dataset.eval_split = info.eval_split
     c.dataset.test_split = info.test_split
     c.augment.crop = info.crop
-    c.model.name = (CPU_MODEL if args.cpu else PAPER_MODEL)[args.model]
-    settings = dict(paper)
-    if args.cpu:
-        settings.update(cpu)
-        settings.update((cpu_by_family or {}).get(args.model, {}))
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    if args.model != "vit":
-        model = models.create_model(c.model.name, **c.model.overrides.to_dict())
-        for field in NESTING_FIELDS:
-            if hasattr(model, field):
-                c.model.overrides[field] = getattr(model, field)
+    choice = choices[args.model]
+    c.model.name = choice.cpu if args.cpu else choice.paper
+    spec = models.model_config(c.model.name)[1].get("nesting", models.Nesting())
+    c.model.nesting.update(spec.to_dict())
+    return c, args
+
+
+def nests(c: ml_collections.ConfigDict) -> bool:
+    """Whether the config's model nests any attention chain."""
+    return any(c.model.nesting[chain] for chain in models.nesting.CHAINS)
+
+
+def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+           ) -> ml_collections.ConfigDict:
+    """Applies the `steps=N` and `batch=N` arguments and locks the config (its model
+    overrides stay open: their keys are the model's fields, checked by `create_model`).
+
+    `steps=N` sets num_train_steps; a setup warmup that would not end before the run does
+    (warmup_steps >= N) becomes a tenth of the run, N // 10, so any N >= 1 trains. A warmup that
+    fits is kept, so every run recorded with `steps=N` trains as it did. `batch=N` sets
+    batch_size.
+    """
     if args.steps:
         c.num_train_steps = args.steps
+        if c.optim.warmup_steps >= args.steps:
+            c.optim.warmup_steps = args.steps // 10
     if args.batch:
         c.batch_size = args.batch
     c.lock()
     c.model.overrides.unlock()
     return c
-
-
-# The paper's fine-tuning / pre-training recipe shared by all three datasets (224 px, SGD).
-PAPER = {
-    "image_size": 224,
-    "batch_size": 128,
-    "optim.name": "sgd",
-    "optim.learning_rate": 0.05,
-    "optim.momentum": 0.9,
-    "optim.weight_decay": 1e-4,
-    "optim.grad_clip_norm": 1.0,
-    "augment.mixup_alpha": 0.8,
-    "augment.label_smoothing": 0.1,
-    "model.overrides.drop_path_rate": 0.1,
-}

@@ -13,15 +13,15 @@ counted once.
   Hardware / time / result: not measured here (needs an accelerator). The paper reports
   Nested-TNT above ViT by 2.78 and above TNT by 0.25 points top-1 on Flowers102 (its abstract).
 
-CPU variant (`configs/flowers102.py:model=nested_tnt,cpu`): the CPU recipe of
-configs/cifar10.py (the `*_cifar_patch8_word4_32` models, AdamW lr 5e-4, weight decay 0.05,
-batch 64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch, with random-resized
-crops and flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the flowers keep more
-detail than at CIFAR's 32 px, at about four times the cost per image. The splits are read into
-memory once (`input.cache_decoded`): training images with their shorter side shrunk to 128 px,
-from which the random crops are cut, evaluation images as their 64 px centre crops, so the
-host does not decode a full-size JPEG per step. From scratch: the 32 px CIFAR-10 CPU run
-cannot be its init_from, its position embeddings having another size.
+CPU variant (`configs/flowers102.py:model=nested_tnt,cpu`): the CPU recipe of configs/cifar10.py
+(`cifar10.cpu`: the `*_cifar_patch8_word4_32` models, AdamW lr 5e-4, weight decay 0.05, batch
+64, label smoothing 0.1, logit noise 0.1) at 64 px, from scratch, with random-resized crops and
+flips on the host. 64 px gives 8x8 patches of 8x8 pixels: the flowers keep more detail than at
+CIFAR's 32 px, at about four times the cost per image. The splits are read into memory once
+(`input.cache_decoded`): training images with their shorter side shrunk to 128 px, from which
+the random crops are cut, evaluation images as their 64 px centre crops, so the host does not
+decode a full-size JPEG per step. From scratch: the 32 px CIFAR-10 CPU run cannot be its
+init_from, its position embeddings having another size.
   Command: python -m nested_tnt_jax.main --config=configs/flowers102.py:model=nested_tnt,cpu \
       --config.dataset.data_dir=DIR_WITH_FLOWERS102 --workdir=runs/flowers_cpu
   Hardware: a 2-core x86 CPU, float32.
@@ -31,37 +31,46 @@ cannot be its init_from, its position embeddings having another size.
   `python tests/test_cpu_variants.py flowers102 WORKDIR 200`.
   Result: not measured (the project's shared data holds only CIFAR-10). On the mock data
   (random pixels and labels) test top-1 is chance, 1.1% on its 6,149 images.
+
+Arguments: as configs/cifar10.py (`model=...`, `cpu`, `steps=N`, `batch=N`).
 """
 
-import pathlib
-import runpy
+import ml_collections
 
-here = pathlib.Path(__file__).parent
-common = runpy.run_path(str(here / "common.py"))
-cifar10 = runpy.run_path(str(here / "cifar10.py"))
-
-PAPER = {
-    **common["PAPER"],
-    "num_epochs": 300.0,
-    "batch_size": 64,
-    "optim.learning_rate": 0.01,
-    "optim.warmup_steps": 300,
-    "eval_every_steps": 500,
-}
-
-CPU = {
-    **cifar10["CPU"],
-    "image_size": 64,
-    "input.host_image_size": 64,
-    "input.cache_decoded": True,
-    "num_train_steps": 1500,
-    "checkpoint_every_steps": 500,
-    "eval_every_steps": 250,
-}
-CPU_BY_FAMILY = dict(cifar10["CPU_BY_FAMILY"])
+from configs import cifar10, common
 
 
-def get_config(arg: str | None = None):
-    """`arg`: `model=vit|tnt|nested_tnt|nested_vit`, `cpu`, `steps=N`, `batch=N` (comma separated)."""
-    return common["dataset_config"]("oxford_flowers102", arg, paper=PAPER, cpu=CPU,
-                                  cpu_by_family=CPU_BY_FAMILY)
+def paper(c: ml_collections.ConfigDict) -> None:
+    """The paper's Flowers102 fine-tuning (224 px, SGD, random-resized crops on the host)."""
+    c.image_size = 224
+    c.batch_size = 64
+    c.num_epochs = 300.0
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.01
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_steps = 300
+    c.optim.grad_clip_norm = 1.0
+    c.augment.mixup_alpha = 0.8
+    c.augment.label_smoothing = 0.1
+    c.model.overrides.drop_path_rate = 0.1
+    c.eval_every_steps = 500
+
+
+def cpu(c: ml_collections.ConfigDict) -> None:
+    """configs/cifar10.py's CPU recipe at 64 px, for 1,500 steps."""
+    cifar10.cpu(c)
+    c.image_size = 64
+    c.input.host_image_size = 64
+    c.input.cache_decoded = True
+    c.num_train_steps = 1500
+    c.num_epochs = 300.0  # unused: num_train_steps is set
+    c.checkpoint_every_steps = 500
+    c.eval_every_steps = 250
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: `model=...`, `cpu`, `steps=N`, `batch=N`, comma separated."""
+    c, args = common.model_config("oxford_flowers102", arg)
+    (cpu if args.cpu else paper)(c)
+    return common.finish(c, args)

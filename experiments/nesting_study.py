@@ -369,26 +369,27 @@ def measure_costs(runs: Sequence[sweep.Run], study_dir: pathlib.Path, rounds: in
                   iters: int) -> None:
     """costs.csv: parameters, GFLOPs per image and training img/s of each variant, each timed
     by `benchmarks/throughput.py` against TNT in the same process (run it on an idle machine)."""
-    import runpy
-
+    from configs import cifar10
     from nested_tnt_jax import models
 
-    cifar10 = runpy.run_path(str(sweep.CONFIG_DIR / "cifar10.py"))
     seen: dict[str, sweep.Run] = {}
     for run in runs:
         seen.setdefault(run.variant.name, run)
-    tnt_model = cifar10["get_config"]("model=tnt,cpu").model.name
+    tnt_model = cifar10.get_config("model=tnt,cpu").model.name
+    fields = models.create_model(tnt_model).__dataclass_fields__
     rows = []
     commit, host_text = code_commit(), host()
     for variant, run in seen.items():
-        config = cifar10["get_config"](f"model={run.variant.family},cpu")
-        overrides = {**config.model.overrides.to_dict(), **dict(run.variant.overrides)}
+        config = cifar10.get_config(f"model={run.variant.family},cpu")
+        overrides = {**config.model.overrides.to_dict(),
+                     **{f"nesting.{k}": v for k, v in config.model.nesting.items()},
+                     **{f"nesting.{k}": v for k, v in run.variant.nesting}}
         args = [sys.executable, str(sweep.REPO / "benchmarks" / "throughput.py"),
                 f"--model={config.model.name}", f"--baseline={tnt_model}",
                 f"--batch={config.batch_size}", "--num-classes=10", f"--rounds={rounds}",
                 f"--iters={iters}", "--json",
                 *(f"--override={k}={v}" for k, v in sorted(overrides.items())
-                  if k in models.create_model(config.model.name).__dataclass_fields__)]
+                  if k.startswith("nesting.") or k in fields)]
         print(shlex.join(args[1:]), flush=True)
         out = subprocess.run(args, capture_output=True, text=True, check=True, cwd=sweep.REPO)
         ours, base = json.loads(out.stdout)["rows"][:2]

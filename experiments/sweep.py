@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from experiments import stats
+from nested_tnt_jax.models import nesting, registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -51,30 +52,29 @@ DATASETS = {"cifar10": "cifar10.py", "cifar100": "cifar100.py", "flowers102": "f
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A model family (the config's `model=` argument) plus model overrides for an ablation."""
+    """A model family (the config's `model=` argument) plus nesting fields (`models.Nesting`,
+    set as `--config.model.nesting.<field>=<value>`) for an ablation."""
 
     name: str
     family: str
-    overrides: tuple[tuple[str, str], ...] = ()
+    nesting: tuple[tuple[str, str], ...] = ()
 
 
+# Every model choice the families register (`models.registry`), then the Nested-TNT ablations.
+MODELS = tuple(registry.choices())
 VARIANTS = {v.name: v for v in (
-    Variant("vit", "vit"),
-    Variant("tnt", "tnt"),
-    Variant("nested_tnt", "nested_tnt"),
-    Variant("nested_vit", "nested_vit"),
-    Variant("nested_tnt-no_inner", "nested_tnt", (("nest_inner", "False"),)),
-    Variant("nested_tnt-no_outer", "nested_tnt", (("nest_outer", "False"),)),
+    *(Variant(name, name) for name in MODELS),
+    Variant("nested_tnt-no_inner", "nested_tnt", (("inner", "False"),)),
+    Variant("nested_tnt-no_outer", "nested_tnt", (("outer", "False"),)),
     Variant("nested_tnt-no_mixer", "nested_tnt", (("mixer", "False"),)),
     Variant("nested_tnt-no_noise", "nested_tnt", (("logit_noise", "0.0"),)),
     Variant("nested_tnt-noise_1", "nested_tnt", (("logit_noise", "1.0"),)),
 )}
-MODELS = ("vit", "tnt", "nested_tnt", "nested_vit")
 ABLATIONS = tuple(name for name in VARIANTS if name not in MODELS)
 # Paired comparisons reported per row: the row's model minus each reference, same seeds.
-REFERENCES = {"nested_tnt": ("tnt", "vit"), "nested_vit": ("vit",),
+REFERENCES = {**{c.name: c.references for c in registry.choices().values() if c.references},
               **{a: ("nested_tnt", "tnt") for a in ABLATIONS}}
-REFERENCE_COLUMNS = ("tnt", "vit", "nested_tnt")
+REFERENCE_COLUMNS = tuple(dict.fromkeys(ref for refs in REFERENCES.values() for ref in refs))
 
 
 class SweepError(ValueError):
@@ -89,7 +89,7 @@ class Run:
     variant: Variant
     seed: int
     config: str  # `cifar10.py:model=tnt,cpu`, relative to configs/.
-    flags: tuple[str, ...]  # `--config.x=y` flags, seed and model overrides included.
+    flags: tuple[str, ...]  # `--config.x=y` flags, seed and nesting fields included.
     pretrain: Run | None = None
 
     @property
@@ -110,6 +110,17 @@ class Run:
         if self.pretrain:
             args.append(f"--config.init_from={self.pretrain.workdir(sweep_dir)}")
         return args
+
+
+def current_flag(flag: str) -> str:
+    """A recorded trainer flag under today's config names: the nesting switches that older
+    sweeps set as model overrides (`--config.model.overrides.nest_inner=False`) become
+    `--config.model.nesting.inner=False` (`nesting.from_legacy`); other flags are unchanged."""
+    key, sep, value = flag.partition("=")
+    if not sep or not key.startswith("--config."):
+        return flag
+    (new_key,) = nesting.from_legacy({key[len("--config."):]: value})
+    return f"--config.{new_key}={value}"
 
 
 def _config_flags(settings: Sequence[str]) -> list[str]:
@@ -161,7 +172,7 @@ def plan(
         arg = f"model={variant.family}" + (",cpu" if cpu else "")
         extra = pre_flags if dataset == PRETRAIN_DATASET and pretrain else []
         flags = (f"--config.seed={seed}",
-                 *(f"--config.model.overrides.{k}={v}" for k, v in variant.overrides),
+                 *(f"--config.model.nesting.{k}={v}" for k, v in variant.nesting),
                  *common, *extra)
         return Run(dataset, variant, seed, f"{DATASETS[dataset]}:{arg}", flags, parent)
 
@@ -206,6 +217,8 @@ def check_records(runs: Sequence[Run], sweep_dir: pathlib.Path) -> None:
             continue
         except (OSError, ValueError):
             recorded = None
+        if recorded is not None and isinstance(recorded.get("flags"), list):
+            recorded["flags"] = [current_flag(f) for f in recorded["flags"]]
         if recorded != run.spec():
             clashes.append(run.name)
     if clashes:

@@ -114,6 +114,16 @@ def config_file_error(error: BaseException) -> str:
             "(the file's get_config and its arguments).")
 
 
+def _renamed(override: str) -> str:
+    """A sentence naming today's field for a nesting switch's old name, else ""."""
+    from nested_tnt_jax.models import nesting  # noqa: PLC0415 (jax only after the flags)
+
+    (new,) = nesting.from_legacy({override.split(".", 1)[1]: None})
+    if new == override.split(".", 1)[1]:
+        return ""
+    return (f"The nesting switches are one spec now, config.model.nesting: use --config.{new}. ")
+
+
 def _flag_error(argv: list[str], error: Exception) -> str:
     """One paragraph on a command line that did not parse, naming the offending flag."""
     from absl import flags
@@ -130,12 +140,27 @@ def _flag_error(argv: list[str], error: Exception) -> str:
         for override in overrides if isinstance(config, ConfigDict) else []:
             why = _unknown_field(config, override.split(".", 1)[1])
             if why:
-                return (f"Unknown config field in --{override}: {why}. Fix the name (the "
-                        "config file lists every field with its meaning).")
+                return (f"Unknown config field in --{override}: {why}. "
+                        f"{_renamed(override)}Fix the name (the config file lists every field "
+                        "with its meaning).")
     if isinstance(error, flags.Error) and _CONFIG_FILE_FAILED not in str(error):
         # absl's message names the flag and its value.
         return f"Invalid command line: {str(error).rstrip('.')}. See --helpfull for the flags."
     return config_file_error(error)
+
+
+def put_config_packages_on_path(argv: list[str]) -> None:
+    """For each `--config=FILE[:args]` whose directory is a package (`configs/__init__.py`),
+    puts the package's parent on `sys.path`, so that the file imports its siblings
+    (`from configs import common`) whatever the working directory."""
+    for arg in argv:
+        if arg.startswith(("--config=", "-config=")):
+            path = os.path.abspath(arg.split("=", 1)[1].split(":", 1)[0])
+            package = os.path.dirname(path)
+            if os.path.isfile(os.path.join(package, "__init__.py")):
+                root = os.path.dirname(package)
+                if root not in sys.path:
+                    sys.path.insert(0, root)
 
 
 def parse_absl_flags(argv: list[str]) -> list[str]:
@@ -148,6 +173,7 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
 
+    put_config_packages_on_path(argv)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 (see the docstring)

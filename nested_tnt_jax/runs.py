@@ -30,14 +30,16 @@ from PIL import Image, ImageOps
 from nested_tnt_jax import checkpointing, data, metrics, models, paths
 from nested_tnt_jax.data.augment import eval_view
 from nested_tnt_jax.errors import ConfigError
+from nested_tnt_jax.models import nesting
 
 
 def read_config(workdir: str) -> dict[str, Any]:
     """The flat config (`"model.name"`, `"model.overrides.depth"`, ...) of the run in
-    `workdir`, from its `config.json`. Raises ConfigError when there is none."""
+    `workdir`, from its `config.json`, with the nesting switches of older runs under today's
+    names (`nesting.from_legacy`). Raises ConfigError when there is none."""
     path = paths.resolve(workdir) / metrics.CONFIG_FILE
     try:
-        return flatten(json.loads(path.read_text(encoding="utf-8")))
+        return nesting.from_legacy(flatten(json.loads(path.read_text(encoding="utf-8"))))
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"{workdir!r} is not a training run's workdir: {path} cannot be read ({e}). Pass "
@@ -72,6 +74,14 @@ def model_overrides(name: str, flat: Mapping[str, Any]) -> dict[str, Any]:
             value = type(default)(value)
         overrides[field] = value
     return overrides
+
+
+def model_nesting(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """`model.nesting.*` of a recorded config, each cast back to its `Nesting` field's type."""
+    prefix = "model.nesting."
+    kinds = {f: type(v) for f, v in models.Nesting().to_dict().items()}
+    return {key[len(prefix):]: kinds[key[len(prefix):]](value) for key, value in flat.items()
+            if key.startswith(prefix) and key[len(prefix):] in kinds}
 
 
 def label_names(dataset: str, data_dir: str | None, num_classes: int) -> list[str]:
@@ -185,7 +195,7 @@ def load_run(workdir: str) -> Run:
         image_size = int(flat["image_size"])
         model = models.create_model(
             flat["model.name"], num_classes=info.num_classes, img_size=image_size,
-            **model_overrides(flat["model.name"], flat))
+            nesting=model_nesting(flat), **model_overrides(flat["model.name"], flat))
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(
             f"The config.json of {workdir!r} does not describe a model this program can build "

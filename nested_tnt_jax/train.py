@@ -53,9 +53,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         fail(f"config.dataset.name is {config.dataset.name!r}, which the input pipeline does "
              f"not support. Use one of: {', '.join(sorted(data.DATASETS))}.")
     try:
-        model = models.create_model(config.model.name, **config.model.overrides.to_dict())
+        model = models.create_model(config.model.name, nesting=config.model.nesting.to_dict(),
+                                    **config.model.overrides.to_dict())
     except (ValueError, TypeError) as e:
-        fail(f"config.model.overrides is not accepted by {config.model.name!r}: {e}")
+        fail(f"config.model.overrides / .nesting is not accepted by {config.model.name!r}: {e} "
+             "To train another model family, choose it with the config argument `:model=<family>` "
+             "(e.g. `--config=configs/cifar10.py:model=vit`), which sets its name and its "
+             "overrides together, rather than with --config.model.name.")
     check_range("image_size", config.image_size, low=1, integer=True)
     if config.image_size % model.patch_size:
         fail(f"config.image_size is {config.image_size}, which is not a positive multiple of "
@@ -312,7 +316,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str, wall_start: float) -
     optim.check_warmup(config.optim, total_steps)
     mesh = sharding.create_mesh(config.mesh.model_axis)
     model = models.create_model(config.model.name, num_classes=info.num_classes,
-                                img_size=config.image_size, **config.model.overrides.to_dict())
+                                img_size=config.image_size, nesting=config.model.nesting.to_dict(),
+                                **config.model.overrides.to_dict())
     tx, schedule = optim.create_optimizer(config.optim, total_steps)
 
     # Shapes and shardings come from an abstract init; the real init is jitted with those

@@ -44,11 +44,6 @@ import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
 from nested_tnt_jax import cli, errors, models, runs, xla_options  # noqa: E402
-from nested_tnt_jax.models.layers import word_grid  # noqa: E402
-
-# Attention module name -> chain. TNT has an inner (words) and an outer (sentences) chain; ViT's
-# single `attn` is over patches with a class token, like TNT's outer one.
-CHAINS = {"attn_out": "outer", "attn": "outer", "attn_in": "inner"}
 # Colour maps: attention over even attention (a ratio, log scale) and correlations (-1..1).
 RATIO_CMAP = "RdBu_r"
 CORRELATION_CMAP = "RdBu_r"
@@ -82,10 +77,11 @@ def attention_logits(
         model = model.clone(scan_blocks=False, remat=False)
         params = models.params_to_loop(flax.core.unfreeze(params))
     found: dict[str, dict[int, np.ndarray]] = {}
+    chains = models.family_of(model).chains  # attention submodule -> its chain
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(_sown(model, params, images)))
     for path, (logits,) in flat.items():
         block, module = path[-3], path[-2]
-        found.setdefault(CHAINS[module], {})[int(re.fullmatch(r"blocks_(\d+)", block)[1])] = (
+        found.setdefault(chains[module], {})[int(re.fullmatch(r"blocks_(\d+)", block)[1])] = (
             np.asarray(logits, np.float32))
     return {chain: [layers[i] for i in sorted(layers)] for chain, layers in found.items()}
 
@@ -165,19 +161,13 @@ def parse_selection(spec: str | None, count: int, what: str) -> list[int] | None
 
 
 def _heads_of(model: nn.Module) -> dict[str, int]:
-    """Heads per chain: TNT's outer and inner attention, ViT's one attention ("outer")."""
-    if hasattr(model, "num_heads_outer"):
-        return {"outer": model.num_heads_outer, "inner": model.num_heads_inner}
-    return {"outer": model.num_heads}
+    """Heads per chain, as the model's family declares them."""
+    return models.family_of(model).heads(model)
 
 
 def _chain_words(model: nn.Module, chain: str) -> str:
-    """How the figures name a chain, in the words of the papers."""
-    if chain == "inner":
-        return "inner attention (between the words of each patch)"
-    if hasattr(model, "num_heads_outer"):
-        return "outer attention (between patches)"
-    return "attention (between patches)"
+    """How the figures name a chain, in the words of the papers (the family's own)."""
+    return models.family_of(model).chain_words[chain]
 
 
 def _title(fig, text: str, width_in: float) -> None:
@@ -341,7 +331,7 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
     layers = list(range(depth)) if layers is None else list(layers)
     heads_per_chain = _heads_of(model)
     if "inner" in heads_per_chain:
-        words = word_grid(model.patch_size, model.word_kernel, model.word_stride)
+        words = models.family_of(model).word_grid(model)
         check_query(query, words)
     chosen = {}
     for chain, count in heads_per_chain.items():

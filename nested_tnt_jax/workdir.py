@@ -24,7 +24,8 @@
   differ, and are logged; any other difference is refused, listing each field with its old
   and new value. A run's length is one of them: the learning-rate schedule decays to zero at
   the last step, so a longer run is a new run (a new workdir, or one that continues from this
-  one's weights with `init_from`).
+  one's weights with `init_from`). A config recorded before the nesting spec existed is read
+  with its nesting switches under today's names (`models.nesting.from_legacy`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 from nested_tnt_jax import paths
 from nested_tnt_jax.errors import EXIT_RUN_ERROR, ConfigError
 from nested_tnt_jax.metrics import CONFIG_FILE
+from nested_tnt_jax.models import nesting
 
 LOCK_FILE = "trainer.lock"
 # What `pretrained` recorded in config.json about the parameters the run started from.
@@ -346,7 +348,7 @@ def check_resume(workdir: str, config) -> list[str]:
     if recorded is None:
         return []
     recorded.pop(INIT_RECORD, None)
-    old = _flat(recorded)
+    old = nesting.from_legacy(_flat(recorded))
     new = _flat(json.loads(config.to_json_best_effort()))
     if new.get("num_train_steps", 0) > 0 and new.get("num_train_steps") == old.get(
             "num_train_steps"):

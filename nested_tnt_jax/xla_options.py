@@ -4,7 +4,7 @@ On CPU, XLA hands dots, convolutions and also reductions to YNNPACK by default (
 fusions"). A YNNPACK fusion takes whole arrays as operands, so every broadcast that feeds one
 is first written out in full: in TNT's training step, the mean and 1/std of each LayerNorm
 over 16- or 24-wide words, broadcast back to all words for the backward pass, and the
-products of the broadcast attention core (`models.cores`). With YNNPACK kept to dots and
+products of the broadcast attention core (`ops.cores`). With YNNPACK kept to dots and
 convolutions, XLA fuses those reductions with their broadcasts into its own loops, which makes
 TNT's training step faster and smaller in memory (`python benchmarks/throughput.py --model=M
 --vs-xla-defaults`; figures in docs/performance.md).

@@ -9,13 +9,14 @@ subprocess tests (test_faults, test_multiprocess), which drive the real
 import pathlib
 import runpy
 
+from configs import common
+
 TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def get_config(arg: str | None = None):
     """`arg`: `model=vit|tnt|nested_tnt` (default tnt), `steps=N` (default 12)."""
-    common = runpy.run_path(str(TESTS.parent / "configs" / "common.py"))
-    args = common["parse_arg"](arg, model="tnt", steps=12)
+    args = common.parse_arg(arg, model="tnt", steps=12)
     tiny_config = runpy.run_path(str(TESTS / "test_train.py"))["tiny_config"]
     config = tiny_config("cifar10", args.model, steps=args.steps)
     config.dataset.data_dir = str(runpy.run_path(str(TESTS / "shared_data.py"))["shared_tfds"]())

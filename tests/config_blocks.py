@@ -1,19 +1,15 @@
 """The `dataset`, `augment` and `input` blocks of a run config, as the data entry points take
 them, for tests that call the pipeline directly."""
 
-import pathlib
-import runpy
-
+from configs import common
 from nested_tnt_jax import data
-
-COMMON = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "configs" / "common.py"))
 
 
 def blocks(name, data_dir, **fields):
     """(dataset, augment, input) for dataset `name` read from `data_dir`: splits and crop from
     its table entry, everything else the configs' defaults, then `fields` (each a field of one
     of the three blocks) set."""
-    config = COMMON["base_config"]()
+    config = common.base_config()
     info = data.dataset_info(name)
     config.dataset.update(name=name, data_dir=str(data_dir), train_split=info.train_split,
                           eval_split=info.eval_split, test_split=info.test_split)

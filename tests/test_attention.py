@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from nested_tnt_jax.models.attention import Attention, LogitMixer
-from nested_tnt_jax.models.cores import CORE_FORMS, attend, core_form, head_logits
+from nested_tnt_jax.models.nesting import Nesting
+from nested_tnt_jax.ops import CORE_FORMS, core_form
+from nested_tnt_jax.ops.cores import attend, head_logits
+
+NESTED = Nesting(outer=True)
 
 DIM, HEADS = 16, 4
 
@@ -93,7 +97,7 @@ def test_core_form_picks_by_backend_and_head_width_and_unknown_forms_fail():
 
 
 def test_first_layer_of_chain_carries_scores_and_has_no_mixer():
-    attn = Attention(DIM, HEADS, nested=True)
+    attn = Attention(DIM, HEADS, nesting=NESTED)
     x = _x()
     params = attn.init(jax.random.key(1), x)["params"]
     assert "mixer" not in params
@@ -103,7 +107,7 @@ def test_first_layer_of_chain_carries_scores_and_has_no_mixer():
 
 @pytest.mark.parametrize("mixer", [True, False])
 def test_later_layer_adds_previous_logits_and_mixer(mixer):
-    attn = Attention(DIM, HEADS, nested=True, mixer=mixer)
+    attn = Attention(DIM, HEADS, nesting=NESTED.replace(mixer=mixer))
     x = _x()
     prev = jax.random.normal(jax.random.key(2), (HEADS, 3, 5, 5))
     params = attn.init(jax.random.key(1), x, prev)["params"]
@@ -120,20 +124,20 @@ def test_later_layer_adds_previous_logits_and_mixer(mixer):
 def test_noise_only_in_training_and_scaled():
     x = _x()
     prev = jax.random.normal(jax.random.key(2), (HEADS, 3, 5, 5))
-    eval_attn = Attention(DIM, HEADS, nested=True)
+    eval_attn = Attention(DIM, HEADS, nesting=NESTED)
     params = eval_attn.init(jax.random.key(1), x, prev)["params"]
     _, clean = eval_attn.apply({"params": params}, x, prev)
     _, again = eval_attn.apply({"params": params}, x, prev)
     np.testing.assert_array_equal(clean, again)
 
-    train_attn = Attention(DIM, HEADS, nested=True, deterministic=False)
+    train_attn = Attention(DIM, HEADS, nesting=NESTED, deterministic=False)
     _, noisy = train_attn.apply({"params": params}, x, prev, rngs={"noise": jax.random.key(3, impl="rbg")})
     eps = np.asarray(noisy - clean).ravel()
     assert abs(eps.mean()) < 0.2 and 0.8 < eps.std() < 1.2
     _, other = train_attn.apply({"params": params}, x, prev, rngs={"noise": jax.random.key(4, impl="rbg")})
     assert float(jnp.abs(other - noisy).max()) > 0.1
 
-    quiet = Attention(DIM, HEADS, nested=True, deterministic=False, logit_noise=0.0)
+    quiet = Attention(DIM, HEADS, nesting=NESTED.replace(logit_noise=0.0), deterministic=False)
     _, off = quiet.apply({"params": params}, x, prev)  # no noise rng needed
     np.testing.assert_allclose(off, clean, atol=1e-6)
 
@@ -142,7 +146,8 @@ def test_noise_only_in_training_and_scaled():
 def test_gradient_reaches_first_layer_qk_through_carried_logits(nested):
     """Layer 2 sees the input x, not layer 1's output, so layer 1's qk can only get a gradient
     from a loss on layer 2's output through the carried logits."""
-    first, second = Attention(DIM, HEADS, nested=nested), Attention(DIM, HEADS, nested=nested)
+    spec = Nesting(outer=nested)
+    first, second = Attention(DIM, HEADS, nesting=spec), Attention(DIM, HEADS, nesting=spec)
     x = _x()
     p1 = first.init(jax.random.key(1), x)["params"]
     _, l1 = first.apply({"params": p1}, x)

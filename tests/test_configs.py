@@ -2,16 +2,20 @@
 before any work (and before anything is written)."""
 
 import dataclasses
+import importlib
 import os
 import pathlib
 import re
 import runpy
+import subprocess
+import sys
 
 import jax
 import ml_collections
 import pytest
 
 from nested_tnt_jax import data, models, train
+from nested_tnt_jax.models import registry
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -45,6 +49,15 @@ def test_arguments_set_steps_and_batch():
     config = get_config("cifar10", "model=tnt,cpu,steps=7,batch=64")
     assert (config.model.name, config.num_train_steps, config.batch_size) == (
         "tnt_cifar_patch8_word4_32", 7, 64)
+
+
+@pytest.mark.parametrize("steps, warmup", [
+    (1, 0), (9, 0), (20, 2), (100, 10), (101, 100), (300, 100), (5000, 100)])
+def test_steps_shorten_a_warmup_that_would_not_end_to_a_tenth_of_the_run(steps, warmup):
+    config = get_config("cifar10", f"model=nested_tnt,cpu,steps={steps}")
+    assert (config.num_train_steps, config.optim.warmup_steps) == (steps, warmup)
+    train.validate_config(config)
+    assert get_config("cifar10", "model=nested_tnt,cpu").optim.warmup_steps == 100
 
 
 @pytest.mark.parametrize("arg, match", [
@@ -121,6 +134,15 @@ def test_unknown_model_override(tmp_path):
     refusal(tmp_path, mutate, r"config\.model\.overrides.*drop_path")
 
 
+def test_another_family_by_name_points_to_the_model_argument(tmp_path):
+    def mutate(c):
+        c.model.name = "vit_small_patch16_224"
+    config = get_config("cifar10", "model=nested_tnt,cpu")
+    mutate(config)
+    with pytest.raises(train.ConfigError, match=r":model=<family>.*configs/cifar10.py:model=vit"):
+        train.validate_config(config)
+
+
 def test_model_axis_must_divide_devices(tmp_path):
     def mutate(c):
         c.mesh.model_axis = 3
@@ -134,25 +156,28 @@ def test_missing_init_from(tmp_path):
 
 
 def test_nesting_switches_are_present_for_command_line_overrides():
-    """`--config.model.overrides.<switch>=...` needs the field to exist with its type."""
+    """`--config.model.nesting.<field>=...` needs the field to exist with its type."""
     config = get_config("cifar10", "model=nested_tnt,cpu")
-    overrides = config.model.overrides
-    assert (overrides.nest_inner, overrides.nest_outer, overrides.mixer) == (True, True, True)
-    assert overrides.logit_noise == 0.1  # the CPU setup's own value is kept
-    overrides.nest_inner, overrides.mixer, overrides.logit_noise = False, False, 0.0
-    model = models.create_model(config.model.name, **overrides.to_dict())
-    assert (model.nest_inner, model.nest_outer, model.mixer, model.logit_noise) == (
-        False, True, False, 0.0)
-    assert get_config("cifar10", "model=tnt").model.overrides.nest_outer is False
-    assert "nest_inner" not in get_config("cifar10", "model=vit").model.overrides
+    nesting = config.model.nesting
+    assert (nesting.inner, nesting.outer, nesting.mixer) == (True, True, True)
+    assert nesting.logit_noise == 0.1  # the CPU setup's own value is kept
+    nesting.inner, nesting.mixer, nesting.logit_noise = False, False, 0.0
+    model = models.create_model(config.model.name, nesting=nesting.to_dict())
+    assert model.nesting == models.Nesting(inner=False, outer=True, mixer=False, logit_noise=0.0)
+    assert get_config("cifar10", "model=tnt").model.nesting.outer is False
+    vit = get_config("cifar10", "model=vit").model
+    assert set(vit.nesting) == set(nesting) and not vit.nesting.outer
+    with pytest.raises(AttributeError):
+        nesting.nest_inner = False  # the spec's fields are fixed: a typo is refused
 
 
 def numeric_fields(config, prefix=""):
-    """Dotted names of the numeric (not bool) leaves of `config`, except `model.overrides`:
-    those are the model's constructor arguments, which `models.create_model` owns."""
+    """Dotted names of the numeric (not bool) leaves of `config`, except `model.overrides` and
+    `model.nesting`: those are the model's constructor arguments, which `models.create_model`
+    owns."""
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if name == "model.overrides":
+        if name in ("model.overrides", "model.nesting"):
             continue
         if isinstance(value, ml_collections.ConfigDict):
             yield from numeric_fields(value, name + ".")
@@ -205,20 +230,60 @@ def test_edges_of_the_ranges_are_refused(field, value):
 
 
 def test_every_numeric_model_field_has_a_range():
-    """`create_model` checks each numeric field of the model classes; a new one without a
+    """`create_model` checks each numeric field of every family's module; a new one without a
     range fails here."""
-    for cls in (models.TNT, models.ViT):
-        for f in dataclasses.fields(cls):
+    for family in registry.families():
+        for f in dataclasses.fields(family.module):
             if f.type in (int, float, "int", "float"):
-                assert f.name in models.FIELD_RANGES, (cls.__name__, f.name)
+                assert f.name in family.ranges(), (family.name, f.name)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("drop_path_rate", -0.1), ("drop_path_rate", 1.0), ("logit_noise", -1.0),
-    ("logit_noise", float("nan")), ("mixer_ratio", 0), ("mlp_ratio", 0.0),
+@pytest.mark.parametrize("block,field,value", [
+    ("overrides", "drop_path_rate", -0.1), ("overrides", "drop_path_rate", 1.0),
+    ("nesting", "logit_noise", -1.0), ("nesting", "logit_noise", float("nan")),
+    ("nesting", "mixer_ratio", 0), ("overrides", "mlp_ratio", 0.0),
 ])
-def test_model_overrides_out_of_range_are_refused(field, value):
+def test_model_overrides_out_of_range_are_refused(block, field, value):
     config = get_config("cifar10", "model=nested_tnt,cpu")
-    config.model.overrides[field] = value
-    with pytest.raises(train.ConfigError, match=rf"config\.model\.overrides\.{field} is"):
+    config.model[block][field] = value
+    with pytest.raises(train.ConfigError, match=rf"config\.model\.{block}\.{field} is"):
         train.validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "flowers102"])
+def test_configs_are_a_package_and_load_by_path_alike(name):
+    module = importlib.import_module(f"configs.{name}")
+    for arg in ("model=nested_tnt", "model=vit,cpu,steps=5"):
+        assert module.get_config(arg).to_dict() == get_config(name, arg).to_dict()
+
+
+def test_the_trainer_loads_a_config_package_from_another_directory(tmp_path):
+    """`--config=<abs path>/configs/cifar10.py` from another working directory: the trainer
+    puts the package's parent on the import path, so the file's `from configs import common`
+    finds its siblings (the bad seed then stops the run before anything is written)."""
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "nested_tnt_jax").symlink_to(CONFIGS.parent / "nested_tnt_jax")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "nested_tnt_jax.main",
+         f"--config={CONFIGS / 'cifar10.py'}:model=tnt,cpu,steps=2", "--config.seed=-1",
+         f"--workdir={work / 'run'}"], cwd=work, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "config.seed is -1" in done.stderr
+    assert not (work / "run").exists()
+
+
+def test_an_old_nesting_flag_is_refused_naming_the_new_one(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "nested_tnt_jax.main",
+         "--config=configs/cifar10.py:model=nested_tnt,cpu",
+         "--config.model.overrides.nest_inner=False", f"--workdir={tmp_path / 'run'}"],
+        cwd=CONFIGS.parent, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 2
+    assert "use --config.model.nesting.inner" in done.stderr
+    assert not (tmp_path / "run").exists()

@@ -145,4 +145,5 @@ def test_cpu_variant_time_on_mock_data_like_the_real_one(name, tmp_path):
 
 
 if __name__ == "__main__":  # python tests/test_cpu_variants.py CONFIG WORKDIR [STEPS]
+    sys.path.insert(0, str(ROOT))  # the config files import their package, `configs`
     print(json.dumps(measure(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:]))))

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nested_tnt_jax.models import cores, mixer
-from nested_tnt_jax.models.mixer import LogitMixer, mix_heads
+from nested_tnt_jax import ops
+from nested_tnt_jax.models.attention import LogitMixer
+from nested_tnt_jax.ops import mixer
+from nested_tnt_jax.ops.mixer import mix_heads
 
 
 def _layers(heads: int, hidden: int, dtype=jnp.float32):
@@ -51,9 +53,9 @@ def test_mixer_is_an_mlp_over_heads_with_xavier_init():
 
 
 def test_the_form_is_chosen_per_backend():
-    assert cores.mixer_form(16, "cpu") == ("blocked", cores.CPU_BLOCK_ELEMENTS // 16)
-    assert cores.mixer_form(16, "gpu") == cores.mixer_form(16, "tpu") == ("fused", 0)
-    assert cores.mixer_form(24) == cores.mixer_form(24, "cpu")  # these tests run on CPU
+    assert ops.mixer_form(16, "cpu") == ("blocked", ops.CPU_BLOCK_ELEMENTS // 16)
+    assert ops.mixer_form(16, "gpu") == ops.mixer_form(16, "tpu") == ("fused", 0)
+    assert ops.mixer_form(24) == ops.mixer_form(24, "cpu")  # these tests run on CPU
     with pytest.raises(ValueError, match="Unknown mixer form 'pallas'"):
         mix_heads(_layers(2, 8), jnp.zeros((2, 4)), "pallas")
 
@@ -142,7 +144,7 @@ def test_blocked_form_matches_the_reference_values_and_gradients(n, block):
 
 def test_logit_mixer_blocks_large_logits_on_cpu_with_unchanged_values():
     heads, ratio = 2, 4
-    columns = 2 * cores.CPU_BLOCK_ELEMENTS // (heads * ratio)  # the smallest size that is blocked
+    columns = 2 * ops.CPU_BLOCK_ELEMENTS // (heads * ratio)  # the smallest size that is blocked
     z = jax.random.normal(jax.random.key(0), (heads, 4, 16, columns // 64)) * 3.0
     module = LogitMixer(heads, ratio)
     params = module.init(jax.random.key(1), z[:, :1])["params"]

@@ -10,9 +10,11 @@ import pytest
 
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models import (
+    Nesting,
     create_model, list_models, model_config, params_to_loop, params_to_scan)
 from nested_tnt_jax.models import layers
-from nested_tnt_jax.models.layers import WindowConv, drop_path_rates, gelu
+from nested_tnt_jax.models.layers import drop_path_rates, gelu
+from nested_tnt_jax.models.tnt import WindowConv
 
 SMALL = "nested_tnt_cifar_patch8_32"
 # rbg keys: threefry's first compile per shape costs seconds on CPU, and these tests only need
@@ -43,8 +45,10 @@ def test_output_shape_of_every_registered_model(name):
 def test_registry_errors_are_clear():
     with pytest.raises(ValueError, match="Unknown model 'tnt_xl'.*tnt_s_patch16_224"):
         create_model("tnt_xl")
-    with pytest.raises(ValueError, match="nest_outer.*for model 'vit_small_patch16_224'"):
-        create_model("vit_small_patch16_224", nest_outer=True)
+    with pytest.raises(ValueError, match="'vit_small_patch16_224' has no inner attention chain"):
+        create_model("vit_small_patch16_224", nesting={"inner": True})
+    with pytest.raises(ValueError, match="Unknown nesting field.*chains"):
+        create_model("tnt_s_patch16_224", nesting={"chains": 2})
     with pytest.raises(ValueError, match="not divisible by the patch size 16"):
         create_model("tnt_s_patch16_224", img_size=200)
     with pytest.raises(ValueError, match="Unknown attention_core 'flash'.*by_width"):
@@ -84,9 +88,11 @@ def test_img_size_changes_the_sentence_grid():
 def test_nesting_off_computes_tnt_from_the_same_params():
     tnt = create_model("tnt_cifar_patch8_32", num_classes=10)
     nested = create_model(SMALL, num_classes=10)
-    plain = create_model(SMALL, num_classes=10, nest_inner=False, nest_outer=False)
+    plain = create_model(SMALL, num_classes=10, nesting={"inner": False, "outer": False})
     assert model_config(SMALL)[1] == dict(model_config("tnt_cifar_patch8_32")[1],
-                                          nest_inner=True, nest_outer=True)
+                                          nesting=Nesting(inner=True, outer=True))
+    # The old override names still read as the nesting fields they were.
+    assert create_model(SMALL, nest_inner=False, nest_outer=False).nesting == plain.nesting
     nested_params = _init(nested)["params"]
     assert "mixer" in nested_params["blocks_1"]["attn_in"]
     assert "mixer" not in nested_params["blocks_0"]["attn_in"]
@@ -101,12 +107,12 @@ def test_nesting_off_computes_tnt_from_the_same_params():
                          tnt.apply({"params": nested_params}, x)).max()) > 1e-4
 
 
-@pytest.mark.parametrize("chain", ["nest_inner", "nest_outer"])
+@pytest.mark.parametrize("chain", ["inner", "outer"])
 def test_each_chain_is_a_separate_switch(chain):
-    model = create_model(SMALL, num_classes=10, **{chain: False})
+    model = create_model(SMALL, num_classes=10, nesting={chain: False})
     params = _init(model)["params"]["blocks_1"]
-    on = "attn_out" if chain == "nest_inner" else "attn_in"
-    off = "attn_in" if chain == "nest_inner" else "attn_out"
+    on = "attn_out" if chain == "inner" else "attn_in"
+    off = "attn_in" if chain == "inner" else "attn_out"
     assert "mixer" in params[on] and "mixer" not in params[off]
 
 
@@ -121,7 +127,7 @@ def test_eval_is_deterministic_and_noise_only_in_training():
     c = model.apply(variables, x, train=True, rngs={**RNGS, "noise": jax.random.key(99, impl="rbg")})
     np.testing.assert_array_equal(a, b)  # same seed, same result
     assert float(jnp.abs(a - ev).max()) > 1e-4 and float(jnp.abs(c - a).max()) > 1e-4
-    quiet = create_model(SMALL, num_classes=10, logit_noise=0.0)
+    quiet = create_model(SMALL, num_classes=10, nesting={"logit_noise": 0.0})
     np.testing.assert_allclose(quiet.apply(variables, x, train=True), ev, atol=1e-6)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nested_tnt_jax import train
-from nested_tnt_jax.models import create_model, model_config, params_to_scan
+from nested_tnt_jax.models import Nesting, create_model, model_config, params_to_scan
 
 NESTED = "nested_vit_cifar_patch8_32"
 PLAIN = "vit_cifar_patch8_32"
@@ -29,13 +29,13 @@ def test_registry_pairs_every_nested_vit_with_its_vit():
     for size in ("tiny_patch16_224", "small_patch16_224", "base_patch16_224", "cifar_patch4_32",
                  "cifar_patch8_32"):
         assert model_config(f"nested_vit_{size}")[1] == dict(model_config(f"vit_{size}")[1],
-                                                             nested=True)
+                                                             nesting=Nesting(outer=True))
 
 
 def test_chain_off_computes_vit_from_the_same_params():
     vit = create_model(PLAIN, num_classes=10)
     nested = create_model(NESTED, num_classes=10)
-    plain = create_model(NESTED, num_classes=10, nested=False)
+    plain = create_model(NESTED, num_classes=10, nesting={"outer": False})
     nested_params, vit_params = _init(nested), _init(vit)
     # The chain starts at block 0 (no mixer there) and every later block mixes the carried logits.
     assert "mixer" not in nested_params["blocks_0"]["attn"]
@@ -58,7 +58,7 @@ def test_noise_only_in_training_and_scale_zero_turns_it_off():
     a = model.apply({"params": params}, x, train=True, rngs=RNGS)
     np.testing.assert_array_equal(a, model.apply({"params": params}, x, train=True, rngs=RNGS))
     assert float(jnp.abs(a - ev).max()) > 1e-4
-    quiet = create_model(NESTED, num_classes=10, logit_noise=0.0)
+    quiet = create_model(NESTED, num_classes=10, nesting={"logit_noise": 0.0})
     np.testing.assert_allclose(quiet.apply({"params": params}, x, train=True), ev, atol=1e-6)
 
 
@@ -81,8 +81,7 @@ def test_configs_select_nested_vit_with_its_switches(arg):
     cpu = arg.endswith("cpu")
     assert config.model.name == ("nested_vit_cifar_patch8_32" if cpu
                                  else "nested_vit_small_patch16_224")
-    overrides = config.model.overrides
-    assert overrides.nested is True and overrides.mixer is True
+    nesting = config.model.nesting
+    assert nesting.outer is True and nesting.inner is False and nesting.mixer is True
     # The CPU recipe scales the logit noise as it does for Nested-TNT.
-    assert overrides.logit_noise == (0.1 if cpu else 1.0)
-    assert "nest_inner" not in overrides
+    assert nesting.logit_noise == (0.1 if cpu else 1.0)

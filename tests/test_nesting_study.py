@@ -11,8 +11,11 @@ import shutil
 
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from experiments import curves, nesting_study, stats
+from experiments import curves, nesting_study, stats, sweep
+from nested_tnt_jax import train
 from tests.test_sweep import fake, fake_top1  # noqa: F401  (a fixture)
 
 KEYS = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt", "nested_vit": "nested_vit"}
@@ -42,7 +45,7 @@ def test_plan_is_35_runs_paired_by_seed_with_the_cpu_configs():
         assert "--config.dataset.data_dir=../shared/tfds" in run.flags
         assert not any("num_train_steps" in f for f in run.flags)  # the config's own 8,000
     noise = next(r for r in runs if r.variant.name == "nested_tnt-noise_1")
-    assert "--config.model.overrides.logit_noise=1.0" in noise.flags
+    assert "--config.model.nesting.logit_noise=1.0" in noise.flags
     assert nesting_study.command(noise).startswith(
         "python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu ")
 
@@ -164,3 +167,24 @@ def test_reproduce_trains_a_recorded_run_again_and_compares_it(fake, tmp_path, c
     # Only recorded runs can be reproduced; nothing is trained for another name.
     assert _study(trainer, tmp_path, "--reproduce=cifar10/nested_tnt/seed0")[0] == 2
     assert "not a recorded run" in capsys.readouterr().err and calls() == []
+
+
+def test_every_recorded_run_builds_its_config_as_the_trainer_would():
+    """`--reproduce=RUN` accepts every row of the committed record: its flags (today's names)
+    parse over its config file exactly as `python -m nested_tnt_jax.main` parses them, and the
+    config passes the trainer's checks with the nesting the run's variant names."""
+    record = _record(nesting_study.STUDY_DIR)
+    runs = {run.name: run for run in nesting_study.planned_runs("../shared/tfds")}
+    assert len(record) == 35 and {r["run"] for r in record} == set(runs)
+    for row in record:
+        run = runs[row["run"]]
+        argv = ["main", f"--config={sweep.CONFIG_DIR / run.config}", *run.flags]
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+        values(argv)
+        config = values.config
+        train.validate_config(config)
+        assert config.seed == int(row["seed"]) and config.num_train_steps == int(row["steps"])
+        expected = dict(run.variant.nesting)
+        for field, value in expected.items():
+            assert str(config.model.nesting[field]) == value, (row["run"], field)

@@ -74,7 +74,7 @@ def test_plan_names_and_flags():
         "cifar10/nested_tnt-no_mixer/seed0", "cifar10/nested_tnt-no_mixer/seed3"]
     ablation = runs[3]
     assert ablation.config == "cifar10.py:model=nested_tnt,cpu"
-    assert ablation.flags == ("--config.seed=3", "--config.model.overrides.mixer=False",
+    assert ablation.flags == ("--config.seed=3", "--config.model.nesting.mixer=False",
                               "--config.num_train_steps=5")
     args = ablation.trainer_args(pathlib.Path("/sw"))
     assert args[:2] == [f"--config={sweep.CONFIG_DIR / 'cifar10.py'}:model=nested_tnt,cpu",
@@ -82,7 +82,7 @@ def test_plan_names_and_flags():
     assert not any("init_from" in a for a in args)
     noise = sweep.plan(["cifar10"], ["nested_tnt-no_noise"], [0])[0]
     assert noise.config == "cifar10.py:model=nested_tnt"
-    assert "--config.model.overrides.logit_noise=0.0" in noise.flags
+    assert "--config.model.nesting.logit_noise=0.0" in noise.flags
 
 
 def test_plan_reuses_one_pretraining_per_model_and_seed():
@@ -132,7 +132,7 @@ workdir = pathlib.Path(args["workdir"])
 seed = int(args["config.seed"])
 model = args["config"].split("model=")[1].split(",")[0]
 key = model + "".join(f":{k.rsplit('.', 1)[1]}={v}" for k, v in sorted(args.items())
-                      if k.startswith("config.model.overrides."))
+                      if k.startswith("config.model.nesting."))
 with open(os.environ["FAKE_CALLS"], "a") as f:
     f.write(json.dumps({"workdir": str(workdir), "resumed": (workdir / "ckpt").exists()}) + "\\n")
 print("training", key, seed)
@@ -241,8 +241,8 @@ def test_tables_hold_the_statistics_of_the_results(fake):
                 "--ablations", "--cpu") == 0
     assert len(calls()) == 9 * 4
     keys = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt", "nested_vit": "nested_vit",
-            "nested_tnt-no_inner": "nested_tnt:nest_inner=False",
-            "nested_tnt-no_outer": "nested_tnt:nest_outer=False",
+            "nested_tnt-no_inner": "nested_tnt:inner=False",
+            "nested_tnt-no_outer": "nested_tnt:outer=False",
             "nested_tnt-no_mixer": "nested_tnt:mixer=False",
             "nested_tnt-no_noise": "nested_tnt:logit_noise=0.0",
             "nested_tnt-noise_1": "nested_tnt:logit_noise=1.0"}

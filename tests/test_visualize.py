@@ -98,7 +98,7 @@ def test_logits_per_layer_and_rows_sum_to_one(setup):
     _, _, run, chains = setup
     model = run.model
     grid = model.img_size // model.patch_size
-    words = models.layers.word_grid(model.patch_size, model.word_kernel, model.word_stride)
+    words = models.tnt.word_grid(model.patch_size, model.word_kernel, model.word_stride)
     assert [len(chains["outer"]), len(chains["inner"])] == [TINY_TNT["depth"]] * 2
     assert chains["outer"][0].shape == (1, TINY_TNT["num_heads_outer"], grid**2 + 1, grid**2 + 1)
     assert chains["inner"][0].shape == (grid**2, TINY_TNT["num_heads_inner"], words**2, words**2)
@@ -123,7 +123,7 @@ def test_word_maps_put_each_patch_and_word_where_it_lies(setup):
     _, _, run, chains = setup
     model = run.model
     grid = model.img_size // model.patch_size
-    words = models.layers.word_grid(model.patch_size, model.word_kernel, model.word_stride)
+    words = models.tnt.word_grid(model.patch_size, model.word_kernel, model.word_stride)
     weights = visualize.softmax(chains["inner"][0])  # (patches, heads, query words, words)
     maps = visualize.word_maps(chains["inner"][:1], grid, words, query=0)[0]
     patch, word = grid + 1, words + 2  # patch (1, 1), word (1, 2)
@@ -175,7 +175,7 @@ def test_no_label_is_cut_for_any_selection(setup, layers, heads):
     _, _, run, chains = setup
     model = run.model
     grid = model.img_size // model.patch_size
-    words = models.layers.word_grid(model.patch_size, model.word_kernel, model.word_stride)
+    words = models.tnt.word_grid(model.patch_size, model.word_kernel, model.word_stride)
     layers = list(range(TINY_TNT["depth"])) if layers is None else layers
     picture = np.full((32, 32, 3), 0.5)
     for chain, maps, uniform in (

@@ -9,23 +9,70 @@ lets each layer see the previous layer's attention logits:
     Ã_l = A_l + ε, ε ~ N(0, 1) (training only)       carried to layer l + 1
     y   = proj(dropout(softmax(Ã_l)) V)
 
-g_l is the head mixer (`mixer.LogitMixer`). The carried logits are an explicit input and output
+g_l is the head mixer (`LogitMixer`). The carried logits are an explicit input and output
 of `Attention.__call__`, never module state, so the chain survives `nn.scan` and `nn.remat`
 untouched. Logits are laid out heads first, (h, b, q, k), so the mixer reads contiguous rows
-with no transpose of the largest tensor in the model. How QK^T, AV and the mixer are written
-for each backend lives in `cores` and `mixer`; every form computes the same values.
+with no transpose of the largest tensor in the model. This module is the math and the
+parameters; how QK^T, AV and the mixer are written for each backend lives in `ops` (every form
+computes the same values). Which chains are nested, and how, is one `nesting.Nesting`.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nested_tnt_jax.models import cores
-from nested_tnt_jax.models.cores import CORE_CHOICES
+from nested_tnt_jax import ops
 from nested_tnt_jax.models.layers import Dtype, dense
-from nested_tnt_jax.models.mixer import LogitMixer
+from nested_tnt_jax.models.nesting import Nesting
+from nested_tnt_jax.ops import cores
+from nested_tnt_jax.ops.mixer import mix_heads
 
-__all__ = ["Attention", "CORE_CHOICES", "LogitMixer"]
+__all__ = ["Attention", "LogitMixer"]
+
+# Xavier-uniform with gain 1/sqrt(2): variance_scaling's scale is gain**2.
+mixer_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+
+
+class HeadDense(nn.Module):
+    """The parameters of one mixer layer over the head axis: kernel (fan_in, fan_out), bias."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, fan_in: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", mixer_init, (fan_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+
+class LogitMixer(nn.Module):
+    """g(Z): heads -> ratio*heads -> ratio*heads -> heads, LeakyReLU(0.2) between the layers.
+
+    Applied in the logits' own heads-first (h, b, q, k) layout, (b, q, k) merged into one axis,
+    in the form `ops.mixer_form` picks for the backend (`form="auto"`) or in `form`.
+    Xavier-uniform (gain 1/sqrt(2)) kernels, zero biases.
+
+    Size: for TNT-S (inner 4 heads, outer 6 heads, ratio 4) the two mixers of a layer hold
+    420 + 918 parameters, about 15k over 11 layers. The Nested-TNT paper reports ~2M more
+    parameters than TNT, which this mixer does not explain; the hidden width is therefore
+    configurable (`mixer_ratio`) rather than guessed.
+    """
+
+    num_heads: int
+    ratio: int = 4
+    dtype: Dtype = jnp.float32
+    form: str = "auto"
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        hidden = self.ratio * self.num_heads
+        widths = (self.num_heads, hidden, hidden, self.num_heads)
+        layers = tuple(HeadDense(fan_out, self.dtype, name=f"fc{i + 1}")(fan_in)
+                       for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])))
+        form, block = (ops.mixer_form(hidden) if self.form == "auto"
+                       else (self.form, ops.CPU_BLOCK_ELEMENTS // hidden))
+        return mix_heads(layers, z.reshape(z.shape[0], -1), form, block).reshape(z.shape)
 
 
 class Attention(nn.Module):
@@ -33,13 +80,14 @@ class Attention(nn.Module):
 
     `fused_qkv` picks timm's ViT layout (one `qkv` Linear) over its TNT layout (`qk` and `v`).
     `__call__(x, prev_logits)` returns `(y, logits)`, logits laid out (heads, batch, q, k).
-    With `nested=False` logits are None and this is exactly timm's attention. With
-    `nested=True` the returned logits are Ã_l; pass `prev_logits=None` for the first layer of a
-    chain (no mixer is created there). `mixer=False` drops g_l (A_l = S_l + Ã_{l-1});
-    `logit_noise` scales ε (0 turns it off). Any leading batch shape works as one einsum batch,
-    so TNT's inner attention over all B*N sentences is a single call. `core` (one of
-    `CORE_CHOICES`) picks how QK^T and AV are written (`cores.core_form`); every choice computes
-    the same values.
+    The layer is a link of chain `chain` of the model's `nesting`. With that chain off
+    (`nesting.nested(chain)` false) logits are None and this is exactly timm's attention. With
+    it on the returned logits are Ã_l; pass `prev_logits=None` for the first layer of a chain
+    (no mixer is created there). `nesting.mixer=False` drops g_l (A_l = S_l + Ã_{l-1});
+    `nesting.logit_noise` scales ε (0 turns it off). Any leading batch shape works as one
+    einsum batch, so TNT's inner attention over all B*N sentences is a single call. `core` (one
+    of `ops.CORE_CHOICES`) picks how QK^T and AV are written (`ops.core_form`); every choice
+    computes the same values.
     """
 
     dim: int
@@ -48,10 +96,8 @@ class Attention(nn.Module):
     fused_qkv: bool = False
     attn_drop: float = 0.0
     proj_drop: float = 0.0
-    nested: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
+    chain: str = "outer"
     deterministic: bool = True
     core: str = "auto"
     dtype: Dtype = jnp.float32
@@ -71,17 +117,19 @@ class Attention(nn.Module):
             q, k = qk[:, :, 0], qk[:, :, 1]
             v = dense(self.dim, "v", self.dtype, self.qkv_bias)(x).reshape(b, n, h, d)
 
-        form = cores.core_form(self.core, d)
+        form = ops.core_form(self.core, d)
         logits = cores.head_logits(q, k, form)
         carried = None
-        if self.nested:
+        nesting = self.nesting
+        if nesting.nested(self.chain):
             if prev_logits is not None:
                 logits = logits + prev_logits.astype(logits.dtype)
-                if self.mixer:
-                    logits = logits + LogitMixer(h, self.mixer_ratio, self.dtype, name="mixer")(logits)
-            if not self.deterministic and self.logit_noise > 0.0:
+                if nesting.mixer:
+                    logits = logits + LogitMixer(h, nesting.mixer_ratio, self.dtype,
+                                                 name="mixer")(logits)
+            if not self.deterministic and nesting.logit_noise > 0.0:
                 noise = jax.random.normal(self.make_rng("noise"), logits.shape, logits.dtype)
-                logits = logits + jnp.asarray(self.logit_noise, logits.dtype) * noise
+                logits = logits + jnp.asarray(nesting.logit_noise, logits.dtype) * noise
             carried = logits
 
         # Exposes the pre-softmax logits for inspection (`visualize.py`); a no-op unless the

@@ -1,4 +1,4 @@
-"""Building blocks shared by the model families: MLP, DropPath, embeddings, block stacking.
+"""Building blocks shared by the model families: MLP, DropPath, initialisers, block stacking.
 
 Names of submodules and parameters follow timm's state_dict keys (`fc1`, `proj`, ...) so a
 converted checkpoint reads the same in both libraries; `convert.py` relies on this.
@@ -84,103 +84,6 @@ class DropPath(nn.Module):
 def drop_path_rates(drop_path_rate: float, depth: int) -> np.ndarray:
     """timm's linear stochastic-depth schedule: 0 at the first block up to the rate at the last."""
     return np.linspace(0.0, drop_path_rate, depth, dtype=np.float32)
-
-
-def extract_patches(x: jax.Array, patch: tuple[int, int]) -> jax.Array:
-    """(B, H, W, C) -> (B * N, ph, pw, C), patches in row-major grid order (timm's Unfold)."""
-    b, h, w, c = x.shape
-    ph, pw = patch
-    x = x.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b * (h // ph) * (w // pw), ph, pw, c)
-
-
-def conv_windows(x: jax.Array, kernel: int, stride: int, pad: int) -> jax.Array:
-    """(B, H, W, C) -> (B, H', W', kernel * kernel * C): each conv window flattened (kh, kw, c).
-
-    The order matches a flax (kh, kw, c_in, c_out) kernel reshaped to (kh * kw * c_in, c_out),
-    so a conv is this times that matrix.
-    """
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h = (x.shape[1] - kernel) // stride + 1
-    out_w = (x.shape[2] - kernel) // stride + 1
-    return jnp.concatenate(
-        [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-         for i in range(kernel) for j in range(kernel)], axis=-1)
-
-
-class WindowConv(nn.Module):
-    """A square conv with `nn.Conv`'s parameters and init, computed as windows x matrix.
-
-    TNT's word embedding is a small-channel conv (3 -> 24, 7x7, stride 4 for TNT-S) that the
-    libraries run badly in both directions. Its images need no gradient, so its backward is
-    only the kernel gradient; as a cuDNN conv that gradient was the largest op of the GPU
-    training step, and XLA:CPU runs the forward conv far below its matrix-product rate. As
-    `conv_windows` times the kernel matrix both directions are ordinary GEMMs, faster on GPU
-    and CPU alike (docs/performance.md, "Word embedding as windows x matrix").
-    """
-
-    features: int
-    kernel: int
-    stride: int
-    pad: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        shape = (self.kernel, self.kernel, x.shape[-1], self.features)
-        kernel = self.param("kernel", conv_init, shape, jnp.float32).astype(self.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        windows = conv_windows(x.astype(self.dtype), self.kernel, self.stride, self.pad)
-        return windows @ kernel.reshape(-1, self.features) + bias.astype(self.dtype)
-
-
-class PatchEmbed(nn.Module):
-    """ViT patch embedding: a stride-`patch` conv, flattened to (B, N, D)."""
-
-    patch_size: int
-    embed_dim: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        p = self.patch_size
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=conv_init, name="proj")(x)
-        return x.reshape(x.shape[0], -1, self.embed_dim)
-
-
-def word_grid(patch_size: int, kernel: int, stride: int) -> int:
-    """Side of the word grid inside one patch for a conv with padding kernel // 2."""
-    return (patch_size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-class WordEmbed(nn.Module):
-    """TNT's pixel (word) embedding: image -> (B * N, words, inner_dim).
-
-    Standard: cut the image into patches, then run the conv inside each patch (zero padding at
-    patch borders). `legacy` (timm's `legacy=True`): run the conv over the whole image, then cut
-    its output into word grids. The word position embedding (timm's root-level `pixel_pos`,
-    NHWC here) is passed in so that its parameter name stays where timm has it.
-    """
-
-    patch_size: int
-    inner_dim: int
-    kernel: int = 7
-    stride: int = 4
-    legacy: bool = False
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, pixel_pos: jax.Array) -> jax.Array:
-        pad = self.kernel // 2
-        conv = WindowConv(self.inner_dim, self.kernel, self.stride, pad, self.dtype, name="proj")
-        if self.legacy:
-            g = word_grid(self.patch_size, self.kernel, self.stride)
-            words = extract_patches(conv(x), (g, g))
-        else:
-            words = conv(extract_patches(x, (self.patch_size, self.patch_size)))
-        words = words + pixel_pos.astype(words.dtype)
-        return words.reshape(words.shape[0], -1, self.inner_dim)
 
 
 # What each scanned block keeps for the backward pass: the outputs of its products, of the

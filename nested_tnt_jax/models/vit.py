@@ -1,23 +1,39 @@
 """Vision Transformer (timm's `VisionTransformer`) and Nested-ViT (Peng et al., ICME 2023).
 
-ViT follows timm's default class-token setup. Nested-ViT (`nested=True`) replaces every
+ViT follows timm's default class-token setup. Nested-ViT (`nesting.outer`) replaces every
 attention layer by nested multi-head attention (`attention.py`): one logit chain over the whole
 attention stack, carried from block to block, with the same mixer and logit noise as
-Nested-TNT's chains. With `nested=False` it computes exactly ViT from the same params.
+Nested-TNT's chains. With the chain off it computes exactly ViT from the same params.
 """
-
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nested_tnt_jax.models import registry
 from nested_tnt_jax.models.attention import Attention
 from nested_tnt_jax.models.layers import (
-    Dtype, DropPath, Mlp, PatchEmbed, dense, drop_path_rates, layer_norm, stack_blocks)
+    Dtype, DropPath, Mlp, conv_init, dense, drop_path_rates, layer_norm, stack_blocks)
+from nested_tnt_jax.models.nesting import Nesting
 
 VIT_EPS = 1e-6  # timm's ViT uses partial(nn.LayerNorm, eps=1e-6)
 # (tokens, carried logits or None)
 Carry = tuple[jax.Array, jax.Array | None]
+
+
+class PatchEmbed(nn.Module):
+    """ViT patch embedding: a stride-`patch` conv, flattened to (B, N, D)."""
+
+    patch_size: int
+    embed_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=conv_init, name="proj")(x)
+        return x.reshape(x.shape[0], -1, self.embed_dim)
 
 
 class ViTBlock(nn.Module):
@@ -29,10 +45,7 @@ class ViTBlock(nn.Module):
     qkv_bias: bool = True
     proj_drop: float = 0.0
     attn_drop: float = 0.0
-    nested: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     deterministic: bool = True
     dtype: Dtype = jnp.float32
@@ -43,10 +56,9 @@ class ViTBlock(nn.Module):
         path = DropPath(self.deterministic)
         y, logits = Attention(
             self.dim, self.num_heads, qkv_bias=self.qkv_bias, fused_qkv=True,
-            attn_drop=self.attn_drop, proj_drop=self.proj_drop, nested=self.nested,
-            mixer=self.mixer, mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
-            deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
-            name="attn",
+            attn_drop=self.attn_drop, proj_drop=self.proj_drop, nesting=self.nesting,
+            chain="outer", deterministic=self.deterministic, core=self.attention_core,
+            dtype=self.dtype, name="attn",
         )(layer_norm(VIT_EPS, "norm1", self.dtype)(x), logits)
         x = x + path(y, drop_path)
         y = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.proj_drop, self.deterministic,
@@ -59,9 +71,9 @@ class ViT(nn.Module):
 
     Parameter names follow timm (`patch_embed/proj`, `cls_token`, `pos_embed`, `blocks_i/attn/qkv`,
     `norm`, `head`). `drop_rate` is timm's head dropout; `drop_path_rate` its linear schedule.
-    The nesting flags (`nested`, `mixer`, `mixer_ratio`, `logit_noise`) mean what they mean
-    for TNT's chains; ViT is the default with the chain off. `attention_core` picks how
-    attention writes QK^T and AV (`attention.CORE_CHOICES`).
+    `nesting` (`nesting.Nesting`) means what it means for TNT; ViT's one chain is `outer`
+    (its tokens play the sentences' part), and ViT is the default with the chain off.
+    `attention_core` picks how attention writes QK^T and AV (`ops.CORE_CHOICES`).
     """
 
     img_size: int = 224
@@ -77,10 +89,7 @@ class ViT(nn.Module):
     proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
-    nested: bool = False
-    mixer: bool = True
-    mixer_ratio: int = 4
-    logit_noise: float = 1.0
+    nesting: Nesting = Nesting()
     attention_core: str = "auto"
     scan_blocks: bool = False
     remat: bool = False
@@ -101,8 +110,7 @@ class ViT(nn.Module):
         block_kwargs = dict(
             dim=self.embed_dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, nested=self.nested, mixer=self.mixer,
-            mixer_ratio=self.mixer_ratio, logit_noise=self.logit_noise,
+            attn_drop=self.attn_drop_rate, nesting=self.nesting,
             attention_core=self.attention_core, deterministic=not train, dtype=self.dtype)
         x, _ = stack_blocks(ViTBlock, block_kwargs, (x, None),
                          drop_path_rates(self.drop_path_rate, self.depth),
@@ -111,3 +119,37 @@ class ViT(nn.Module):
         x = layer_norm(VIT_EPS, "norm", self.dtype)(x)[:, 0]
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         return dense(self.num_classes, "head", self.dtype)(x).astype(jnp.float32)
+
+
+def _timm_twin(module: ViT, num_classes: int):
+    """timm's VisionTransformer of `module`'s widths (Nested-ViT's twin is its plain ViT)."""
+    from timm.models.vision_transformer import VisionTransformer  # noqa: PLC0415 (optional)
+
+    return VisionTransformer(
+        img_size=module.img_size, patch_size=module.patch_size, num_classes=num_classes,
+        embed_dim=module.embed_dim, depth=module.depth, num_heads=module.num_heads,
+        mlp_ratio=module.mlp_ratio, qkv_bias=module.qkv_bias)
+
+
+FAMILY = registry.register_family(registry.Family(
+    name="vit", module=ViT, chains={"attn": "outer"},
+    heads=lambda model: {"outer": model.num_heads},
+    chain_words={"outer": "attention (between patches)"},
+    timm_twin=_timm_twin, field_ranges=registry.positive_sizes("num_heads")))
+
+_NESTED = dict(nesting=Nesting(outer=True))
+# The 32x32 variants share depth and widths with TNT's (tnt.py) so comparisons are fair.
+_CIFAR = dict(img_size=32, embed_dim=128, depth=4, mlp_ratio=2.0, num_heads=4)
+for _size, _widths in (("tiny_patch16_224", dict(embed_dim=192, depth=12, num_heads=3)),
+                       ("small_patch16_224", dict(embed_dim=384, depth=12, num_heads=6)),
+                       ("base_patch16_224", dict(embed_dim=768, depth=12, num_heads=12)),
+                       ("cifar_patch4_32", dict(_CIFAR, patch_size=4)),
+                       ("cifar_patch8_32", dict(_CIFAR, patch_size=8))):
+    registry.register_model(f"vit_{_size}", FAMILY, **_widths)
+    registry.register_model(f"nested_vit_{_size}", FAMILY, **_widths, **_NESTED)
+
+# The configs' `model=vit|nested_vit`: the paper's small model, and the CPU configs' patch-8 one.
+registry.register_choice("vit", paper="vit_small_patch16_224", cpu="vit_cifar_patch8_32",
+                         order=0)
+registry.register_choice("nested_vit", paper="nested_vit_small_patch16_224",
+                         cpu="nested_vit_cifar_patch8_32", references=("vit",), order=3)

@@ -1,11 +1,12 @@
-"""The nested-attention head mixer g: an MLP over the head axis, and its per-backend forms.
+"""The nested-attention head mixer g as pure functions of its layers, in per-backend forms.
 
 g maps the logits of each (query, key) position across heads, heads -> ratio * heads ->
-ratio * heads -> heads, with LeakyReLU(0.2) between the layers. On logits laid out heads first
+ratio * heads -> heads, with LeakyReLU(0.2) between the layers (its parameters are
+`models.attention.LogitMixer`'s). On logits laid out heads first
 and flattened to (h, n) columns (n = batch x queries x keys, a free reshape), every layer is a
 product with a contraction of 4-24 over n columns, bound by memory traffic over its
 (hidden, n) activations rather than by arithmetic. The forms below take the same parameters
-and compute the same values; `cores.mixer_form` picks one per backend:
+and compute the same values; `ops.mixer_form` picks one per backend:
 
 - `reference`: the formula as three products, differentiated by autodiff;
 - `blocked` (CPU): the reference over cache-sized column blocks, with a hand-written backward
@@ -23,11 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nested_tnt_jax.models import cores
-from nested_tnt_jax.models.layers import Dtype
-
-# Xavier-uniform with gain 1/sqrt(2): variance_scaling's scale is gain**2.
-mixer_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 LEAKY_SLOPE = 0.2  # the mixer's LeakyReLU; the hand-written backwards use it too
 # (kernel (fan_in, fan_out), bias (fan_out,)) of each mixer layer, fc1 to fc3.
 MixerLayers = tuple[tuple[jax.Array, jax.Array], ...]
@@ -173,45 +169,3 @@ def mix_heads(layers: MixerLayers, z: jax.Array, form: str = "reference", block:
     if form == "fused":
         return fused(layers, z)
     raise ValueError(f"Unknown mixer form {form!r}; the forms are {MIXER_FORMS}.")
-
-
-class HeadDense(nn.Module):
-    """The parameters of one mixer layer over the head axis: kernel (fan_in, fan_out), bias."""
-
-    features: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, fan_in: int) -> tuple[jax.Array, jax.Array]:
-        kernel = self.param("kernel", mixer_init, (fan_in, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return kernel.astype(self.dtype), bias.astype(self.dtype)
-
-
-class LogitMixer(nn.Module):
-    """g(Z): heads -> ratio*heads -> ratio*heads -> heads, LeakyReLU(0.2) between the layers.
-
-    Applied in the logits' own heads-first (h, b, q, k) layout, (b, q, k) merged into one axis,
-    in the form `cores.mixer_form` picks for the backend (`form="auto"`) or in `form`.
-    Xavier-uniform (gain 1/sqrt(2)) kernels, zero biases.
-
-    Size: for TNT-S (inner 4 heads, outer 6 heads, ratio 4) the two mixers of a layer hold
-    420 + 918 parameters, about 15k over 11 layers. The Nested-TNT paper reports ~2M more
-    parameters than TNT, which this mixer does not explain; the hidden width is therefore
-    configurable (`mixer_ratio`) rather than guessed.
-    """
-
-    num_heads: int
-    ratio: int = 4
-    dtype: Dtype = jnp.float32
-    form: str = "auto"
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        hidden = self.ratio * self.num_heads
-        widths = (self.num_heads, hidden, hidden, self.num_heads)
-        layers = tuple(HeadDense(fan_out, self.dtype, name=f"fc{i + 1}")(fan_in)
-                       for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])))
-        form, block = (cores.mixer_form(hidden) if self.form == "auto"
-                       else (self.form, cores.CPU_BLOCK_ELEMENTS // hidden))
-        return mix_heads(layers, z.reshape(z.shape[0], -1), form, block).reshape(z.shape)
