@@ -44,7 +44,9 @@ setup(
     extras_require={
         "tf": TF,
         "gcs": GCS,
-        "test": TF + GCS + [
+        "test": TF
+        + GCS
+        + [
             "pytest>=8",
             "pytest-xdist>=3",
             "torch==2.14.1",

@@ -50,8 +50,12 @@ def batch_heads_first(q, k, v):
 VARIANTS = {
     **{f"ours {form}": functools.partial(ours, form=form) for form in CORE_FORMS},
     "batch-heads first": batch_heads_first,
-    "dot_product_attention xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
-    "dot_product_attention cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"),
+    "dot_product_attention xla": lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, implementation="xla"
+    ),
+    "dot_product_attention cudnn": lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, implementation="cudnn"
+    ),
 }
 
 
@@ -68,9 +72,13 @@ def run_case(case: str, dtype: str, iters: int, choice: str = "auto") -> list[di
         if variant.endswith("cudnn") and jax.default_backend() != "gpu":
             continue
         forward = jax.jit(core, compiler_options=options)
-        backward = jax.jit(jax.grad(
-            lambda q, k, v: jnp.sum(core(q, k, v).astype(jnp.float32) * cotangent), argnums=(0, 1, 2)),
-            compiler_options=options)
+        backward = jax.jit(
+            jax.grad(
+                lambda q, k, v, core=core: jnp.sum(core(q, k, v).astype(jnp.float32) * cotangent),
+                argnums=(0, 1, 2),
+            ),
+            compiler_options=options,
+        )
         row = dict(case=name, shape=shape, variant=variant, in_model=variant == model_variant)
         try:  # compiles both, and warms them up
             out = forward(q, k, v).astype(jnp.float32)
@@ -78,35 +86,54 @@ def run_case(case: str, dtype: str, iters: int, choice: str = "auto") -> list[di
         except (NotImplementedError, ValueError) as e:  # cuDNN, for shapes it does not take
             rows.append(dict(row, refused=str(e).split("\n")[0][:100]))
             continue
-        rows.append(dict(row, max_diff=float(jnp.max(jnp.abs(out - reference))),
-                         forward_ms=median_ms(forward, (q, k, v), iters),
-                         forward_backward_ms=median_ms(backward, (q, k, v), iters)))
+        rows.append(
+            dict(
+                row,
+                max_diff=float(jnp.max(jnp.abs(out - reference))),
+                forward_ms=median_ms(forward, (q, k, v), iters),
+                forward_backward_ms=median_ms(backward, (q, k, v), iters),
+            )
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8, help="images, for the default TNT-S cases")
-    parser.add_argument("--case", action="append", help="name:sequences:length:heads:head_dim (repeatable)")
+    parser.add_argument(
+        "--case", action="append", help="name:sequences:length:heads:head_dim (repeatable)"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--choice", default="auto", choices=["auto", "by_width"],
-                        help="the attention_core whose forms the last column marks")
+    parser.add_argument(
+        "--choice",
+        default="auto",
+        choices=["auto", "by_width"],
+        help="the attention_core whose forms the last column marks",
+    )
     args = parser.parse_args(argv)
-    cases = args.case or [f"tnt_s_inner:{args.batch * 196}:16:4:6", f"tnt_s_outer:{args.batch}:197:6:64"]
+    cases = args.case or [
+        f"tnt_s_inner:{args.batch * 196}:16:4:6",
+        f"tnt_s_outer:{args.batch}:197:6:64",
+    ]
     rows = [row for case in cases for row in run_case(case, args.dtype, args.iters, args.choice)]
     print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, attention core only")
     print(host_line(host_description()))
-    print("| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms "
-          "| max diff to ours einsum | the model's |")
+    print(
+        "| case (sequences, length, heads, head dim) | variant | forward ms | forward+backward ms "
+        "| max diff to ours einsum | the model's |"
+    )
     print("|---|---|---:|---:|---:|---|")
     for r in rows:
         case = f"{r['case']} {r['shape']}"
         if "refused" in r:
             print(f"| {case} | {r['variant']} | refused: {r['refused']} | | | |")
         else:
-            print(f"| {case} | {r['variant']} | {r['forward_ms']:.2f} | {r['forward_backward_ms']:.2f} "
-                  f"| {r['max_diff']:.3g} | {'yes' if r['in_model'] else ''} |")
+            print(
+                f"| {case} | {r['variant']} | {r['forward_ms']:.2f} "
+                f"| {r['forward_backward_ms']:.2f} "
+                f"| {r['max_diff']:.3g} | {'yes' if r['in_model'] else ''} |"
+            )
     return rows
 
 

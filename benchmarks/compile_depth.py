@@ -26,16 +26,20 @@ def main(argv: list[str] | None = None) -> dict[tuple[bool, int], float]:
 
     seconds = {}
     print(f"{args.model}, batch {args.batch}: training-step compile time")
-    print("| blocks | depth | compile s | vs depth " f"{args.depths[0]} |")
+    print(f"| blocks | depth | compile s | vs depth {args.depths[0]} |")
     print("|---|---:|---:|---:|")
     for scan in (False, True):
         for depth in args.depths:
-            bench = JaxBench(args.model, None, args.batch, "float32", 1000,
-                             depth=depth, scan_blocks=scan)
+            bench = JaxBench(
+                args.model, None, args.batch, "float32", 1000, depth=depth, scan_blocks=scan
+            )
             seconds[scan, depth] = bench.train_compile_s
             ratio = seconds[scan, depth] / seconds[scan, args.depths[0]]
-            print(f"| {'scan' if scan else 'loop'} | {depth} | {bench.train_compile_s:.1f} "
-                  f"| {ratio:.2f}x |", flush=True)
+            print(
+                f"| {'scan' if scan else 'loop'} | {depth} | {bench.train_compile_s:.1f} "
+                f"| {ratio:.2f}x |",
+                flush=True,
+            )
     return seconds
 
 

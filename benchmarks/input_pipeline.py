@@ -58,11 +58,20 @@ def _throughput(dataset: str, size: int, workers: int, data_dir: str, cached: bo
     config = runpy.run_path(str(_CONFIGS / _CONFIG_FILE[dataset]))["get_config"]()
     with config.unlocked():
         config.dataset.data_dir = data_dir
-        config.input.update(host_image_size=size, worker_count=workers,
-                            prefetch=_PREFETCH.value, cache_decoded=cached)
+        config.input.update(
+            host_image_size=size,
+            worker_count=workers,
+            prefetch=_PREFETCH.value,
+            cache_decoded=cached,
+        )
     iterator = data.create_train_iterator(
-        config.dataset, config.augment, config.input, global_batch_size=_BATCH_SIZE.value,
-        image_size=size, seed=0)
+        config.dataset,
+        config.augment,
+        config.input,
+        global_batch_size=_BATCH_SIZE.value,
+        image_size=size,
+        seed=0,
+    )
     for _ in range(2):  # worker start-up and first reads
         next(iterator)
     start = time.perf_counter()
@@ -83,8 +92,10 @@ def main(argv: list[str]) -> None:
             for workers in map(int, _WORKERS.value):
                 rate = _throughput(dataset, size, workers, _DATA_DIR.value, cached)
                 rows.append((label, origin, size, workers, rate))
-                print(f"{label} ({origin}) @ {size}px, {workers} workers: {rate:,.0f} img/s",
-                      flush=True)
+                print(
+                    f"{label} ({origin}) @ {size}px, {workers} workers: {rate:,.0f} img/s",
+                    flush=True,
+                )
     print()
     print(
         f"Host pipeline throughput on {os.cpu_count()} CPU cores (batch {_BATCH_SIZE.value}, "

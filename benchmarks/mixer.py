@@ -35,24 +35,31 @@ from nested_tnt_jax.ops.mixer import MIXER_FORMS, mix_heads
 from throughput import host_description, host_line, median_ms
 
 CPU_CASES = (
-    "cifar_patch8_inner:2:8:262144",       # 64 images x 16 sentences x 16 x 16 words
+    "cifar_patch8_inner:2:8:262144",  # 64 images x 16 sentences x 16 x 16 words
     "cifar_patch8_word4_inner:2:8:16384",  # 64 x 16 x 4 x 4
-    "cifar_outer:4:16:18496",              # 64 x 17 x 17
+    "cifar_outer:4:16:18496",  # 64 x 17 x 17
 )
 
 
 def default_cases(batch: int) -> list[str]:
     """The CPU CIFAR models' mixers and Nested-TNT-S's at `batch` images."""
-    return [*CPU_CASES, f"tnt_s_inner:4:16:{batch * 196 * 16 * 16}",
-            f"tnt_s_outer:6:24:{batch * 197 * 197}"]
+    return [
+        *CPU_CASES,
+        f"tnt_s_inner:4:16:{batch * 196 * 16 * 16}",
+        f"tnt_s_outer:6:24:{batch * 197 * 197}",
+    ]
 
 
 def _layers(heads: int, hidden: int, dtype) -> tuple:
     keys = jax.random.split(jax.random.key(0), 6)
     widths = (heads, hidden, hidden, heads)
-    return tuple(((jax.random.normal(keys[2 * i], (a, b)) / np.sqrt(a)).astype(dtype),
-                  (jax.random.normal(keys[2 * i + 1], (b,)) * 0.1).astype(dtype))
-                 for i, (a, b) in enumerate(zip(widths, widths[1:])))
+    return tuple(
+        (
+            (jax.random.normal(keys[2 * i], (a, b)) / np.sqrt(a)).astype(dtype),
+            (jax.random.normal(keys[2 * i + 1], (b,)) * 0.1).astype(dtype),
+        )
+        for i, (a, b) in enumerate(zip(widths, widths[1:]))
+    )
 
 
 def _relative_error(got: jax.Array, exact: np.ndarray) -> float:
@@ -72,34 +79,52 @@ def run_case(case: str, dtype: str, iters: int, rounds: int) -> dict:
     options = xla_options.step_compiler_options()
 
     def forward(form):
-        return jax.jit(lambda layers, z, _: mix_heads(layers, z, form, block),
-                       compiler_options=options)
+        return jax.jit(
+            lambda layers, z, _: mix_heads(layers, z, form, block), compiler_options=options
+        )
 
     def forward_backward(form):
         def fn(layers, z, cotangent):
             out, vjp = jax.vjp(lambda layers, z: mix_heads(layers, z, form, block), layers, z)
             return out, vjp(cotangent)
+
         return jax.jit(fn, compiler_options=options)
 
-    variants = {(form, pass_): make(form) for form in MIXER_FORMS
-                for pass_, make in (("forward", forward), ("forward_backward", forward_backward))}
+    variants = {
+        (form, pass_): make(form)
+        for form in MIXER_FORMS
+        for pass_, make in (("forward", forward), ("forward_backward", forward_backward))
+    }
     args = (layers, z, cotangent)
     outputs = {k: jax.block_until_ready(f(*args)) for k, f in variants.items()}
     # Every form, and the formula in `dtype`, against the formula in float64 (module docstring).
     with jax.enable_x64(True):
-        exact = jax.tree.leaves(forward_backward("reference")(
-            *jax.tree.map(lambda a: np.asarray(a, np.float64), args)))
-    errors = {form: max(_relative_error(got, want) for got, want in zip(
-        jax.tree.leaves(outputs[form, "forward_backward"]), exact)) for form in MIXER_FORMS}
+        exact = jax.tree.leaves(
+            forward_backward("reference")(*jax.tree.map(lambda a: np.asarray(a, np.float64), args))
+        )
+    errors = {
+        form: max(
+            _relative_error(got, want)
+            for got, want in zip(jax.tree.leaves(outputs[form, "forward_backward"]), exact)
+        )
+        for form in MIXER_FORMS
+    }
     ms = {k: [] for k in variants}
     for _ in range(rounds):
         for k, f in variants.items():
             ms[k].append(median_ms(f, args, iters))
     ms = {f"{form}_{pass_}_ms": statistics.median(v) for (form, pass_), v in ms.items()}
-    return dict(case=name, heads=heads, hidden=hidden, columns=columns,
-                blocked_path=columns >= 2 * block, chosen=ops.mixer_form(hidden)[0],
-                error_vs_float64=max(errors[f] for f in MIXER_FORMS if f != "reference"),
-                reference_error_vs_float64=errors["reference"], **ms)
+    return dict(
+        case=name,
+        heads=heads,
+        hidden=hidden,
+        columns=columns,
+        blocked_path=columns >= 2 * block,
+        chosen=ops.mixer_form(hidden)[0],
+        error_vs_float64=max(errors[f] for f in MIXER_FORMS if f != "reference"),
+        reference_error_vs_float64=errors["reference"],
+        **ms,
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -112,22 +137,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     cases = args.case or default_cases(args.batch)
     rows = [run_case(c, args.dtype, args.iters, args.rounds) for c in cases]
-    print(f"device: {jax.devices()[0].device_kind}, {args.dtype}, one mixer, "
-          "ms forward / forward + backward")
+    print(
+        f"device: {jax.devices()[0].device_kind}, {args.dtype}, one mixer, "
+        "ms forward / forward + backward"
+    )
     print(host_line(host_description()))
-    print("| case | heads -> hidden | columns | " + " | ".join(MIXER_FORMS)
-          + " | error vs float64: forms / formula | chosen here |")
+    print(
+        "| case | heads -> hidden | columns | "
+        + " | ".join(MIXER_FORMS)
+        + " | error vs float64: forms / formula | chosen here |"
+    )
     print("|---|---|---:|" + "---:|" * len(MIXER_FORMS) + "---:|---|")
     for r in rows:
         note = "" if r["blocked_path"] else " (too small to block)"
-        times = " | ".join(f"{r[f'{form}_forward_ms']:.2f} / {r[f'{form}_forward_backward_ms']:.2f}"
-                           for form in MIXER_FORMS)
-        print(f"| {r['case']}{note} | {r['heads']} -> {r['hidden']} | {r['columns']:,} | {times} "
-              f"| {r['error_vs_float64']:.1e} / {r['reference_error_vs_float64']:.1e} "
-              f"| {r['chosen']} |")
-    print("error vs float64: ||x - x64|| / ||x64|| of the worst output (values, gradients); "
-          f"forms: the worst of {', '.join(f for f in MIXER_FORMS if f != 'reference')}; "
-          f"formula: the reference formula in {args.dtype}.")
+        times = " | ".join(
+            f"{r[f'{form}_forward_ms']:.2f} / {r[f'{form}_forward_backward_ms']:.2f}"
+            for form in MIXER_FORMS
+        )
+        print(
+            f"| {r['case']}{note} | {r['heads']} -> {r['hidden']} | {r['columns']:,} | {times} "
+            f"| {r['error_vs_float64']:.1e} / {r['reference_error_vs_float64']:.1e} "
+            f"| {r['chosen']} |"
+        )
+    print(
+        "error vs float64: ||x - x64|| / ||x64|| of the worst output (values, gradients); "
+        f"forms: the worst of {', '.join(f for f in MIXER_FORMS if f != 'reference')}; "
+        f"formula: the reference formula in {args.dtype}."
+    )
     return rows
 
 

@@ -89,10 +89,27 @@ WHEELS = {
 # Released as source only: built here into a wheel (pure Python, any CPython 3).
 SOURCE_ONLY = frozenset({"promise==2.3"})
 # Never carried, whatever WHEELS says: the image's accelerator builds and their base.
-NEVER = frozenset({"jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "torch",
-                   "torchvision", "numpy", "tensorflow", "tensorflow-cpu"})
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
-             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+NEVER = frozenset(
+    {
+        "jax",
+        "jaxlib",
+        "jax-cuda13-plugin",
+        "jax-cuda13-pjrt",
+        "torch",
+        "torchvision",
+        "numpy",
+        "tensorflow",
+        "tensorflow-cpu",
+    }
+)
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 
 def normalise(name: str) -> str:
@@ -118,12 +135,25 @@ def download_wheels(dest: pathlib.Path, python_version: str) -> list[pathlib.Pat
     """The wheels of WHEELS for CPython `python_version` on manylinux x86_64, in `dest`."""
     dest.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python_version, "--implementation", "cp",
-                    *[f"--platform={p}" for p in PLATFORMS], "-d", str(dest),
-                    *(spec for spec in WHEELS if spec not in SOURCE_ONLY)], check=True)
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), *SOURCE_ONLY],
-                   check=True)
+    subprocess.run(
+        [
+            *pip,
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            *[f"--platform={p}" for p in PLATFORMS],
+            "-d",
+            str(dest),
+            *(spec for spec in WHEELS if spec not in SOURCE_ONLY),
+        ],
+        check=True,
+    )
+    subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(dest), *SOURCE_ONLY], check=True)
     files = sorted(dest.glob("*.whl"))
     names = {normalise(f.name.split("-")[0]) for f in files}
     missing = {normalise(s.split("==")[0]) for s in WHEELS} - names
@@ -135,7 +165,7 @@ def download_wheels(dest: pathlib.Path, python_version: str) -> list[pathlib.Pat
 def write_subset(source_dir: pathlib.Path, dest_dir: pathlib.Path, counts: dict[str, int]) -> dict:
     """Writes the first `counts[split]` records of each split of CIFAR-10 in `source_dir` (a
     TFDS data_dir) to `dest_dir` as a TFDS data_dir of its own; {split: (records, bytes)}."""
-    from array_record.python.array_record_module import (
+    from array_record.python.array_record_module import (  # noqa: PLC0415 (only this step needs it)
         ArrayRecordReader,
         ArrayRecordWriter,
     )
@@ -168,7 +198,7 @@ def write_subset(source_dir: pathlib.Path, dest_dir: pathlib.Path, counts: dict[
 
 def verify_subset(data_dir: pathlib.Path, counts: dict[str, int]) -> dict[str, list[int]]:
     """Opens the subset with TFDS as the trainer does; {split: labels of its first 10}."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (only this step needs it)
 
     labels = {}
     for split, count in counts.items():
@@ -182,8 +212,12 @@ def verify_subset(data_dir: pathlib.Path, counts: dict[str, int]) -> dict[str, l
 def repository_bytes() -> int:
     """What the device tool sends besides the carried folder: tracked and untracked files
     that git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     paths = (ROOT / p for p in listed.decode().split("\0") if p)
     return sum(p.stat().st_size for p in paths if p.is_file())
 
@@ -193,20 +227,34 @@ def folder_bytes(folder: pathlib.Path) -> int:
 
 
 def commit() -> str:
-    proc = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "tfds"),
-                        help="TFDS data_dir holding the full cifar10 (read only)")
-    parser.add_argument("--out", default=str(DEVICE_DIR),
-                        help="the folder to write (replaced); .device/ in the repository root")
-    parser.add_argument("--python-version", default="3.12",
-                        help="the Python the wheels are for: the GPU image's 3.12, or this "
-                             "machine's for the rehearsal")
+    parser.add_argument(
+        "--data-dir",
+        default=str(ROOT.parent / "shared" / "tfds"),
+        help="TFDS data_dir holding the full cifar10 (read only)",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(DEVICE_DIR),
+        help="the folder to write (replaced); .device/ in the repository root",
+    )
+    parser.add_argument(
+        "--python-version",
+        default="3.12",
+        help="the Python the wheels are for: the GPU image's 3.12, or this "
+        "machine's for the rehearsal",
+    )
     parser.add_argument("--train", type=int, default=6000, help="training records to keep")
     parser.add_argument("--test", type=int, default=2000, help="test records to keep")
     args = parser.parse_args(argv)
@@ -214,12 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     source = pathlib.Path(args.data_dir)
     problems = check_wheel_list(WHEELS)
     if not (source / DATASET / VERSION / "dataset_info.json").exists():
-        problems.append(f"--data-dir={args.data_dir} holds no prepared {DATASET} {VERSION} "
-                        "(TFDS data_dir, e.g. ../shared/tfds)")
+        problems.append(
+            f"--data-dir={args.data_dir} holds no prepared {DATASET} {VERSION} "
+            "(TFDS data_dir, e.g. ../shared/tfds)"
+        )
     out = pathlib.Path(args.out).resolve()
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        problems.append(f"--out={args.out} exists and is not a folder this script wrote "
-                        "(no manifest.json); name a new or empty folder")
+        problems.append(
+            f"--out={args.out} exists and is not a folder this script wrote "
+            "(no manifest.json); name a new or empty folder"
+        )
     if problems:
         print("prepare_device: nothing written. " + " ".join(problems), file=sys.stderr)
         return 2
@@ -233,12 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "commit": commit(),
         "python_version": args.python_version,
-        "wheels": {w.name: {"bytes": w.stat().st_size,
-                            "sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
-                   for w in wheels},
-        "data": {"dataset": f"{DATASET}/{VERSION}", "source": str(source), **written,
-                 "first_labels": labels},
-        "command": DEVICE_COMMAND, "carry": [CARRY], "timeout_s": TIMEOUT_S,
+        "wheels": {
+            w.name: {
+                "bytes": w.stat().st_size,
+                "sha256": hashlib.sha256(w.read_bytes()).hexdigest(),
+            }
+            for w in wheels
+        },
+        "data": {
+            "dataset": f"{DATASET}/{VERSION}",
+            "source": str(source),
+            **written,
+            "first_labels": labels,
+        },
+        "command": DEVICE_COMMAND,
+        "carry": [CARRY],
+        "timeout_s": TIMEOUT_S,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -248,15 +310,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{wheel.stat().st_size / 1e6:7.2f} MB  {wheel.name}")
     for split, w in written.items():
         print(f"{w['file_bytes'] / 1e6:7.2f} MB  {DATASET} {split}: {w['records']:,} records")
-    print(f"\n{out}: {folder / 2**20:.1f} MiB; with the repository ({repo / 2**20:.1f} MiB): "
-          f"{mib:.1f} MiB (limit {LIMIT_MIB} MiB)")
+    print(
+        f"\n{out}: {folder / 2**20:.1f} MiB; with the repository ({repo / 2**20:.1f} MiB): "
+        f"{mib:.1f} MiB (limit {LIMIT_MIB} MiB)"
+    )
     if mib > LIMIT_MIB:
-        print(f"prepare_device: {mib:.1f} MiB is over {LIMIT_MIB} MiB; keep fewer records "
-              "(--train, --test).", file=sys.stderr)
+        print(
+            f"prepare_device: {mib:.1f} MiB is over {LIMIT_MIB} MiB; keep fewer records "
+            "(--train, --test).",
+            file=sys.stderr,
+        )
         return 1
-    print(f"\nOn the GPU machine (device tool `run`), from the repository root:\n"
-          f"  command:   {DEVICE_COMMAND}\n  carry:     [\"{CARRY}\"]\n"
-          f"  timeout_s: {TIMEOUT_S}")
+    print(
+        f"\nOn the GPU machine (device tool `run`), from the repository root:\n"
+        f'  command:   {DEVICE_COMMAND}\n  carry:     ["{CARRY}"]\n'
+        f"  timeout_s: {TIMEOUT_S}"
+    )
     return 0
 
 

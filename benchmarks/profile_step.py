@@ -15,7 +15,8 @@ adds the N costliest single ops, `--override` profiles an ablation, `--xla-defau
 compiled without the trainer's XLA options, `--trace-dir` keeps the trace for TensorBoard or
 Perfetto. On an accelerator, for example:
 
-    python benchmarks/profile_step.py --model=tnt_s_patch16_224 --batch=256 --dtype=bfloat16 --top-ops=40
+    python benchmarks/profile_step.py --model=tnt_s_patch16_224 --batch=256 --dtype=bfloat16 \
+        --top-ops=40
 """
 
 from __future__ import annotations
@@ -87,11 +88,18 @@ def op_times(trace_dir: str) -> list[OpEvent]:
     with gzip.open(path) as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    gpu_pids = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
-                and "GPU" in e.get("args", {}).get("name", "")}
-    return [OpEvent(e.get("args", {}).get("hlo_op", e["name"]), (e["pid"], e["tid"]), e["ts"], e["dur"])
-            for e in events
-            if e.get("ph") == "X" and "dur" in e and (not gpu_pids or e["pid"] in gpu_pids)]
+    gpu_pids = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M"
+        and e.get("name") == "process_name"
+        and "GPU" in e.get("args", {}).get("name", "")
+    }
+    return [
+        OpEvent(e.get("args", {}).get("hlo_op", e["name"]), (e["pid"], e["tid"]), e["ts"], e["dur"])
+        for e in events
+        if e.get("ph") == "X" and "dur" in e and (not gpu_pids or e["pid"] in gpu_pids)
+    ]
 
 
 def threads_busy_ms(events: list[OpEvent], steps: int) -> dict[int, float]:
@@ -133,25 +141,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=3, help="traced steps (after JaxBench's warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=3, help="traced steps (after JaxBench's warm-up)"
+    )
     parser.add_argument("--inference", action="store_true", help="profile inference, not training")
     parser.add_argument("--top", type=int, default=25, help="rows to print")
     parser.add_argument("--top-ops", type=int, default=0, help="also print the N costliest XLA ops")
-    parser.add_argument("--override", type=parse_override, action="append", default=[],
-                        metavar="FIELD=VALUE", help="a field of --model (repeatable)")
-    parser.add_argument("--xla-defaults", action="store_true",
-                        help="compile with XLA's default options, not the trainer's (xla_options)")
-    parser.add_argument("--trace-dir", default=None,
-                        help="keep the trace here (for TensorBoard or Perfetto); default: discarded")
+    parser.add_argument(
+        "--override",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a field of --model (repeatable)",
+    )
+    parser.add_argument(
+        "--xla-defaults",
+        action="store_true",
+        help="compile with XLA's default options, not the trainer's (xla_options)",
+    )
+    parser.add_argument(
+        "--trace-dir",
+        default=None,
+        help="keep the trace here (for TensorBoard or Perfetto); default: discarded",
+    )
     args = parser.parse_args(argv)
     # XLA:GPU replays chains of kernels as CUDA graphs, which the trace shows as one event with
     # no op name; without them every op is its own event. No effect on CPU or once JAX started.
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_command_buffer="
 
-    bench = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
-                     xla_defaults=args.xla_defaults, **dict(args.override))
-    compiled, step = ((bench.compiled_infer, bench.infer_step) if args.inference
-                      else (bench.compiled_train, bench.train_step))
+    bench = JaxBench(
+        args.model,
+        args.img_size,
+        args.batch,
+        args.dtype,
+        args.num_classes,
+        xla_defaults=args.xla_defaults,
+        **dict(args.override),
+    )
+    compiled, step = (
+        (bench.compiled_infer, bench.infer_step)
+        if args.inference
+        else (bench.compiled_train, bench.train_step)
+    )
     hlo_text = compiled.as_text()  # JaxBench ran one warm-up step of each already
     modules = op_modules(hlo_text)
     with tempfile.TemporaryDirectory() as temporary_dir:
@@ -172,20 +204,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if event.name in modules:
             totals[modules[event.name]] += event.micros / args.steps / 1e3
             per_op[event.name] += event.micros / args.steps / 1e3
-    names = sorted({m for m, _ in totals}, key=lambda m: -totals[(m, "forward")] - totals[(m, "backward")])
-    rows = [{"module": m, "forward_ms": totals[(m, "forward")], "backward_ms": totals[(m, "backward")]}
-            for m in names]
+    names = sorted(
+        {m for m, _ in totals}, key=lambda m: -totals[(m, "forward")] - totals[(m, "backward")]
+    )
+    rows = [
+        {"module": m, "forward_ms": totals[(m, "forward")], "backward_ms": totals[(m, "backward")]}
+        for m in names
+    ]
     kind = "inference" if args.inference else "training"
-    print(f"{args.model}, batch {args.batch}, {kind} step on {jax.devices()[0].device_kind}: "
-          f"{wall_ms:.0f} ms wall per step (traced), {sum(totals.values()):.0f} ms op time "
-          f"summed over threads")
+    print(
+        f"{args.model}, batch {args.batch}, {kind} step on {jax.devices()[0].device_kind}: "
+        f"{wall_ms:.0f} ms wall per step (traced), {sum(totals.values()):.0f} ms op time "
+        f"summed over threads"
+    )
     print(host_line(host_description()))
     busy = threads_busy_ms(events, args.steps)
-    print("threads running ops, ms per step: "
-          + ", ".join(f"{threads}: {ms:.1f}" for threads, ms in busy.items()))
+    print(
+        "threads running ops, ms per step: "
+        + ", ".join(f"{threads}: {ms:.1f}" for threads, ms in busy.items())
+    )
     print("| module | forward ms | backward ms |")
     print("|---|---:|---:|")
-    for row in rows[:args.top]:
+    for row in rows[: args.top]:
         print(f"| {row['module']} | {row['forward_ms']:.1f} | {row['backward_ms']:.1f} |")
     if args.top_ops:
         print("| XLA op | module | direction | ms |")

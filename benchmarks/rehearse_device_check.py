@@ -42,12 +42,39 @@ VENV = ROOT / ".rehearsal" / "venv"
 # the newest release, as the image's recent build did. The second line: image packages that
 # the carried wheels need (their Requires-Dist), which nothing above pulls in.
 IMAGE_REQUIREMENTS = [
-    "jax==0.10.2", "jaxlib==0.10.2", "flax", "optax", "orbax-checkpoint", "tensorstore",
-    "etils", "chex", "tensorboard", "torch==2.14.1", "torchvision==0.29.1", "timm",
-    "numpy==2.4.6", "scipy", "pillow", "matplotlib", "absl-py", "protobuf", "msgpack",
-    "pyyaml", "pytest",
-    "attrs", "wrapt", "cloudpickle", "pyarrow", "requests", "psutil", "tqdm", "six", "packaging",
-    "typing-extensions", "zipp", "fsspec",
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorstore",
+    "etils",
+    "chex",
+    "tensorboard",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "timm",
+    "numpy==2.4.6",
+    "scipy",
+    "pillow",
+    "matplotlib",
+    "absl-py",
+    "protobuf",
+    "msgpack",
+    "pyyaml",
+    "pytest",
+    "attrs",
+    "wrapt",
+    "cloudpickle",
+    "pyarrow",
+    "requests",
+    "psutil",
+    "tqdm",
+    "six",
+    "packaging",
+    "typing-extensions",
+    "zipp",
+    "fsspec",
 ]
 # Image packages removed all the same, and why (none at present).
 NOT_HERE: set[str] = set()
@@ -69,10 +96,14 @@ def image_venv(venv: pathlib.Path) -> float:
     stamp.unlink(missing_ok=True)
     pip = [str(_python(venv)), "-m", "pip"]
     subprocess.run([*pip, "install", "-q", *IMAGE_REQUIREMENTS], check=True)
-    listed = subprocess.run([*pip, "list", "--format=json"], capture_output=True, text=True,
-                            check=True).stdout
-    extra = sorted(p["name"] for p in json.loads(listed)
-                   if prepare_device.normalise(p["name"]) not in prepare_device.IMAGE - NOT_HERE)
+    listed = subprocess.run(
+        [*pip, "list", "--format=json"], capture_output=True, text=True, check=True
+    ).stdout
+    extra = sorted(
+        p["name"]
+        for p in json.loads(listed)
+        if prepare_device.normalise(p["name"]) not in prepare_device.IMAGE - NOT_HERE
+    )
     if extra:
         print(f"removed (not in the GPU image, or NOT_HERE): {', '.join(extra)}", flush=True)
         subprocess.run([*pip, "uninstall", "-q", "-y", *extra], check=True)
@@ -85,8 +116,12 @@ def image_venv(venv: pathlib.Path) -> float:
 def copy_repository(dest: pathlib.Path) -> int:
     """Copies what the device tool sends (tracked and untracked files git does not ignore)
     to `dest`; the number of files."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     count = 0
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
@@ -101,8 +136,9 @@ def offline(command: str, cwd: pathlib.Path, env: dict, timeout_s: float) -> int
     """Runs the shell `command` in a network namespace with loopback only."""
     script = f"ip link set lo up && cd {cwd} && {command}"
     try:
-        return subprocess.run(["unshare", "-n", "--", "sh", "-c", script], env=env,
-                              timeout=timeout_s, check=False).returncode
+        return subprocess.run(
+            ["unshare", "-n", "--", "sh", "-c", script], env=env, timeout=timeout_s, check=False
+        ).returncode
     except subprocess.TimeoutExpired:
         print(f"rehearsal: the device command ran past {timeout_s:.0f} s", file=sys.stderr)
         return 124
@@ -110,25 +146,41 @@ def offline(command: str, cwd: pathlib.Path, env: dict, timeout_s: float) -> int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "tfds"),
-                        help="TFDS data_dir holding the full cifar10 (read only)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(ROOT.parent / "shared" / "tfds"),
+        help="TFDS data_dir holding the full cifar10 (read only)",
+    )
     parser.add_argument("--venv", default=str(VENV), help="the image's stand-in virtualenv")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy")
-    parser.add_argument("--keep-out", default=None,
-                        help="copy the check's outputs ($OUT there) to this folder")
+    parser.add_argument(
+        "--keep-out", default=None, help="copy the check's outputs ($OUT there) to this folder"
+    )
     args = parser.parse_args(argv)
     if shutil.which("unshare") is None or shutil.which("ip") is None:
-        print("rehearsal: needs `unshare` (util-linux) and `ip` (iproute2) to close the "
-              "network; nothing was done.", file=sys.stderr)
+        print(
+            "rehearsal: needs `unshare` (util-linux) and `ip` (iproute2) to close the "
+            "network; nothing was done.",
+            file=sys.stderr,
+        )
         return 2
 
     start = time.monotonic()
     built = image_venv(pathlib.Path(args.venv))
-    print(f"image virtualenv: {args.venv} ({f'built in {built:.0f} s' if built else 'reused'})",
-          flush=True)
-    version = subprocess.run([str(_python(pathlib.Path(args.venv))), "-c",
-                              "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    print(
+        f"image virtualenv: {args.venv} ({f'built in {built:.0f} s' if built else 'reused'})",
+        flush=True,
+    )
+    version = subprocess.run(
+        [
+            str(_python(pathlib.Path(args.venv))),
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     work = pathlib.Path(tempfile.mkdtemp(prefix="rehearse_device_check_"))
     repo, out, home = work / "repo", work / "out", work / "home"
     for folder in (repo, out, home):
@@ -136,20 +188,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"copied {copy_repository(repo)} files to {repo}", flush=True)
         assert not (work / "shared").exists() and not (repo / ".git").exists()
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prepare_device.py"),
-                        f"--data-dir={args.data_dir}", f"--out={repo / '.device'}",
-                        f"--python-version={version}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "prepare_device.py"),
+                f"--data-dir={args.data_dir}",
+                f"--out={repo / '.device'}",
+                f"--python-version={version}",
+            ],
+            check=True,
+        )
         bin_dir = pathlib.Path(args.venv).resolve() / "bin"
-        env = {"PATH": f"{bin_dir}{os.pathsep}/usr/sbin{os.pathsep}/usr/bin{os.pathsep}/bin",
-               "HOME": str(home), "OUT": str(out), "PIP_NO_INDEX": "1",
-               "PIP_CONFIG_FILE": os.devnull, "LANG": "C.UTF-8"}
+        env = {
+            "PATH": f"{bin_dir}{os.pathsep}/usr/sbin{os.pathsep}/usr/bin{os.pathsep}/bin",
+            "HOME": str(home),
+            "OUT": str(out),
+            "PIP_NO_INDEX": "1",
+            "PIP_CONFIG_FILE": os.devnull,
+            "LANG": "C.UTF-8",
+        }
         command = f"{prepare_device.DEVICE_COMMAND} --tiny"
         print(f"\n$ unshare -n: {command}", flush=True)
         rc = offline(command, repo, env, prepare_device.TIMEOUT_S)
         summary = out / "summary.md"
         print(summary.read_text() if summary.exists() else "no summary.md", flush=True)
-        print(f"rehearsal: exit {rc} in {time.monotonic() - start:.0f} s "
-              f"(outputs: {sorted(p.name for p in out.iterdir())})")
+        print(
+            f"rehearsal: exit {rc} in {time.monotonic() - start:.0f} s "
+            f"(outputs: {sorted(p.name for p in out.iterdir())})"
+        )
         if args.keep_out:
             shutil.copytree(out, args.keep_out, dirs_exist_ok=True)
         return rc

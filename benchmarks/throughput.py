@@ -31,6 +31,7 @@ and `--baseline-override` changes the baseline's, so the same model can be its o
 `--vs-xla-defaults` also runs `--model` compiled with XLA's default options, alternating, and
 prints what the trainer's options gain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,12 +104,16 @@ def host_description(with_torch: bool = False) -> dict[str, object]:
                     break
     except OSError:  # not Linux
         pass
-    host = {"cpu": cpu, "cores": os.cpu_count(),
-            "vector_units": [name for flag, name in _VECTOR_UNITS if flag in flags],
-            "jax": jax.__version__}
+    host = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "vector_units": [name for flag, name in _VECTOR_UNITS if flag in flags],
+        "jax": jax.__version__,
+    }
     if with_torch:
-        import timm
-        import torch
+        import timm  # noqa: PLC0415 (optional: only --vs-timm needs PyTorch and timm)
+        import torch  # noqa: PLC0415 (optional: only --vs-timm needs PyTorch and timm)
+
         host.update(torch=torch.__version__, timm=timm.__version__)
     return host
 
@@ -131,10 +136,13 @@ def matmul_peak_flops(dtype: str) -> float:
 
 def _paper_setup() -> ml_collections.ConfigDict:
     """The paper setup's config (`configs/common.py`: SGD with clipping, mixup, smoothing)."""
-    common = runpy.run_path(str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "common.py"))
+    common = runpy.run_path(
+        str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "common.py")
+    )
     config = common["base_config"]()
     config.update_from_flattened_dict(
-        {k: v for k, v in common["PAPER"].items() if not k.startswith("model.")})
+        {k: v for k, v in common["PAPER"].items() if not k.startswith("model.")}
+    )
     return config
 
 
@@ -146,9 +154,18 @@ class JaxBench:
     normalised and resized on device, label smoothing, mixup), on random data.
     """
 
-    def __init__(self, name: str, img_size: int | None, batch: int, dtype: str, num_classes: int,
-                 xla_defaults: bool = False, host_size: int | None = None,
-                 train_only: bool = False, **overrides):
+    def __init__(
+        self,
+        name: str,
+        img_size: int | None,
+        batch: int,
+        dtype: str,
+        num_classes: int,
+        xla_defaults: bool = False,
+        host_size: int | None = None,
+        train_only: bool = False,
+        **overrides,
+    ):
         """`xla_defaults` compiles without the options the trainer uses (`xla_options`);
         `train_only` leaves the evaluation step out (not compiled, not timed). `overrides` are
         the model's fields, and `nesting.<field>` keys its nesting spec's."""
@@ -157,16 +174,24 @@ class JaxBench:
         options = {} if xla_defaults else xla_options.step_compiler_options()
         nesting = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("nesting.")}
         overrides = {k: v for k, v in overrides.items() if not k.startswith("nesting.")}
-        self.model = models.create_model(name, num_classes=num_classes, img_size=img_size,
-                                         dtype=dtype, nesting=nesting, **overrides)
+        self.model = models.create_model(
+            name,
+            num_classes=num_classes,
+            img_size=img_size,
+            dtype=dtype,
+            nesting=nesting,
+            **overrides,
+        )
         size = self.model.img_size
         config = _paper_setup()
         rng = jax.random.key(0)
         image_key, label_key = jax.random.split(rng)
         host_size = host_size or size
         images = jax.random.randint(image_key, (batch, host_size, host_size, 3), 0, 256, jnp.int32)
-        self.batch_data = {"image": images.astype(jnp.uint8),
-                           "label": jax.random.randint(label_key, (batch,), 0, num_classes)}
+        self.batch_data = {
+            "image": images.astype(jnp.uint8),
+            "label": jax.random.randint(label_key, (batch,), 0, num_classes),
+        }
         self.eval_data = dict(self.batch_data, mask=jnp.ones((batch,), bool))
         self.params = jax.jit(steps.init_params, static_argnums=0)(self.model, rng)
         self.num_params = sum(x.size for x in jax.tree.leaves(self.params))
@@ -174,34 +199,58 @@ class JaxBench:
         # The training state is donated each step, so it must not share buffers with the
         # parameters that evaluation reads.
         self.state = steps.create_train_state(
-            jax.tree.map(jnp.copy, self.params), tx, jax.random.PRNGKey(0))
+            jax.tree.map(jnp.copy, self.params), tx, jax.random.PRNGKey(0)
+        )
         augment = config.augment
 
         def preprocess(batch, rng, train):
             return data.preprocess(
-                batch, rng, train=train, image_size=size, num_classes=num_classes,
-                mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha,
-                label_smoothing=augment.label_smoothing, mean=IMAGE_MEAN, std=IMAGE_STD)
+                batch,
+                rng,
+                train=train,
+                image_size=size,
+                num_classes=num_classes,
+                mixup_alpha=augment.mixup_alpha,
+                cutmix_alpha=augment.cutmix_alpha,
+                label_smoothing=augment.label_smoothing,
+                mean=IMAGE_MEAN,
+                std=IMAGE_STD,
+            )
 
-        train_step = functools.partial(steps.train_step, model=self.model, tx=tx,
-                                       schedule=schedule, preprocess=preprocess)
+        train_step = functools.partial(
+            steps.train_step, model=self.model, tx=tx, schedule=schedule, preprocess=preprocess
+        )
         eval_step = functools.partial(steps.eval_step, model=self.model, preprocess=preprocess)
         start = time.perf_counter()
-        self.compiled_train = jax.jit(train_step, donate_argnums=0, compiler_options=options).lower(
-            self.state, self.batch_data).compile()
+        self.compiled_train = (
+            jax.jit(train_step, donate_argnums=0, compiler_options=options)
+            .lower(self.state, self.batch_data)
+            .compile()
+        )
         self.train_compile_s = time.perf_counter() - start
         self.compiled_infer, self.infer_compile_s = None, None
         if not train_only:
             start = time.perf_counter()
-            self.compiled_infer = jax.jit(eval_step, compiler_options=options).lower(
-                self.params, self.eval_data).compile()
+            self.compiled_infer = (
+                jax.jit(eval_step, compiler_options=options)
+                .lower(self.params, self.eval_data)
+                .compile()
+            )
             self.infer_compile_s = time.perf_counter() - start
         self.gflops_per_image = matmul_flops(eval_step, self.params, self.eval_data) / batch / 1e9
         self.train_flops_per_step = matmul_flops(train_step, self.state, self.batch_data)
         memory = self.compiled_train.memory_analysis()
-        self.train_peak_mib = None if memory is None else (
-            memory.argument_size_in_bytes + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes - memory.alias_size_in_bytes) / 2**20
+        self.train_peak_mib = (
+            None
+            if memory is None
+            else (
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                + memory.temp_size_in_bytes
+                - memory.alias_size_in_bytes
+            )
+            / 2**20
+        )
         self.train_step()  # warm-up
         if not train_only:
             self.infer_step()
@@ -264,9 +313,17 @@ class TimmBench:
     `torch.compile(backend=...)` ("inductor": the PyTorch user's fastest choice), else eagerly.
     """
 
-    def __init__(self, module, batch: int, num_classes: int, threads: int, dtype: str = "float32",
-                 compile_backend: str | None = None, train_only: bool = False):
-        import torch  # optional: only the --vs-timm comparison needs PyTorch and timm
+    def __init__(
+        self,
+        module,
+        batch: int,
+        num_classes: int,
+        threads: int,
+        dtype: str = "float32",
+        compile_backend: str | None = None,
+        train_only: bool = False,
+    ):
+        import torch  # noqa: PLC0415 (optional: only the --vs-timm comparison needs PyTorch and timm)
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -280,15 +337,18 @@ class TimmBench:
         self.labels = torch.randint(0, num_classes, (batch,), device=self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        self.forward = (torch.compile(self.model, backend=compile_backend) if compile_backend
-                        else self.model)
+        self.forward = (
+            torch.compile(self.model, backend=compile_backend) if compile_backend else self.model
+        )
         for _ in range(2 if compile_backend else 1):  # compiles (training and eval graphs)
             self.train_step()
             if not train_only:
                 self.infer_step()
 
     def _autocast(self):
-        return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.bfloat16)
+        return self.torch.autocast(
+            self.device.type, dtype=self.torch.bfloat16, enabled=self.bfloat16
+        )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -334,41 +394,73 @@ def _alternate(benches: dict, attr: str, batch: int, rounds: int, iters: int) ->
     results = {name: [] for name in benches}
     order = list(benches.items())
     for r in range(rounds):
-        for name, bench in (order if r % 2 == 0 else order[::-1]):
+        for name, bench in order if r % 2 == 0 else order[::-1]:
             results[name].append(_median_img_per_sec(getattr(bench, attr), batch, iters))
     return {name: statistics.median(values) for name, values in results.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a name from nested_tnt_jax.models.list_models()")
+    parser.add_argument(
+        "--model", required=True, help="a name from nested_tnt_jax.models.list_models()"
+    )
     parser.add_argument("--img-size", type=int, default=None, help="default: the model's own")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per round")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm")
-    parser.add_argument("--host-size", type=int, default=None,
-                        help="pixels of the uint8 images the step takes (default: the model's; "
-                             "the step resizes them on device, as the CIFAR paper setup does)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="PyTorch threads for --vs-timm"
+    )
+    parser.add_argument(
+        "--host-size",
+        type=int,
+        default=None,
+        help="pixels of the uint8 images the step takes (default: the model's; "
+        "the step resizes them on device, as the CIFAR paper setup does)",
+    )
     parser.add_argument("--vs-timm", action="store_true", help="also run timm's model, alternating")
-    parser.add_argument("--vs-timm-compiled", action="store_true",
-                        help="also run timm's model under torch.compile, alternating")
-    parser.add_argument("--timm-compile-backend", default="inductor",
-                        help="torch.compile backend for --vs-timm-compiled")
+    parser.add_argument(
+        "--vs-timm-compiled",
+        action="store_true",
+        help="also run timm's model under torch.compile, alternating",
+    )
+    parser.add_argument(
+        "--timm-compile-backend",
+        default="inductor",
+        help="torch.compile backend for --vs-timm-compiled",
+    )
     parser.add_argument("--baseline", default=None, help="another of our models to compare against")
-    parser.add_argument("--vs-xla-defaults", action="store_true",
-                        help="also run --model compiled with XLA's default options, alternating")
-    parser.add_argument("--override", type=parse_override, action="append", default=[],
-                        metavar="FIELD=VALUE",
-                        help="a field of --model (repeatable), e.g. nesting.mixer=False")
-    parser.add_argument("--baseline-override", type=parse_override, action="append", default=[],
-                        metavar="FIELD=VALUE",
-                        help="a field of --baseline (repeatable), e.g. attention_core=einsum")
-    parser.add_argument("--train-only", action="store_true",
-                        help="time training only (no evaluation step compiled or timed)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--vs-xla-defaults",
+        action="store_true",
+        help="also run --model compiled with XLA's default options, alternating",
+    )
+    parser.add_argument(
+        "--override",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a field of --model (repeatable), e.g. nesting.mixer=False",
+    )
+    parser.add_argument(
+        "--baseline-override",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a field of --baseline (repeatable), e.g. attention_core=einsum",
+    )
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="time training only (no evaluation step compiled or timed)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
     args = parser.parse_args(argv)
     with_torch = args.vs_timm or args.vs_timm_compiled
     if with_torch:
@@ -378,35 +470,69 @@ def main(argv: list[str] | None = None) -> dict:
 
     overrides = dict(args.override)
     common = dict(host_size=args.host_size, train_only=args.train_only)
-    ours = JaxBench(args.model, args.img_size, args.batch, args.dtype, args.num_classes,
-                    **common, **overrides)
+    ours = JaxBench(
+        args.model, args.img_size, args.batch, args.dtype, args.num_classes, **common, **overrides
+    )
     label = _label(args.model, overrides)
     benches = {label: ours}
     if args.baseline:
         baseline_overrides = dict(args.baseline_override)
         benches[_label(args.baseline, baseline_overrides)] = JaxBench(
-            args.baseline, args.img_size, args.batch, args.dtype, args.num_classes,
-            **common, **baseline_overrides)
+            args.baseline,
+            args.img_size,
+            args.batch,
+            args.dtype,
+            args.num_classes,
+            **common,
+            **baseline_overrides,
+        )
     if args.vs_xla_defaults:
         benches[label + " (XLA defaults)"] = JaxBench(
-            args.model, args.img_size, args.batch, args.dtype, args.num_classes, xla_defaults=True,
-            **common, **overrides)
+            args.model,
+            args.img_size,
+            args.batch,
+            args.dtype,
+            args.num_classes,
+            xla_defaults=True,
+            **common,
+            **overrides,
+        )
     if args.vs_timm:
-        benches["timm"] = TimmBench(ours.model, args.batch, args.num_classes, args.threads,
-                                    args.dtype, train_only=args.train_only)
+        benches["timm"] = TimmBench(
+            ours.model,
+            args.batch,
+            args.num_classes,
+            args.threads,
+            args.dtype,
+            train_only=args.train_only,
+        )
     if args.vs_timm_compiled:
         benches["timm compiled"] = TimmBench(
-            ours.model, args.batch, args.num_classes, args.threads, args.dtype,
-            compile_backend=args.timm_compile_backend, train_only=args.train_only)
+            ours.model,
+            args.batch,
+            args.num_classes,
+            args.threads,
+            args.dtype,
+            compile_backend=args.timm_compile_backend,
+            train_only=args.train_only,
+        )
     train = _alternate(benches, "train_step", args.batch, args.rounds, args.iters)
-    infer = ({name: float("nan") for name in benches} if args.train_only
-             else _alternate(benches, "infer_step", args.batch, args.rounds, args.iters))
+    infer = (
+        {name: float("nan") for name in benches}
+        if args.train_only
+        else _alternate(benches, "infer_step", args.batch, args.rounds, args.iters)
+    )
     peak = matmul_peak_flops(args.dtype)
 
     rows = []
     for name, bench in benches.items():
-        row = {"model": name, "impl": name if name.startswith("timm") else "jax",
-               "train_img_s": train[name], "infer_img_s": infer[name], "params": bench.num_params}
+        row = {
+            "model": name,
+            "impl": name if name.startswith("timm") else "jax",
+            "train_img_s": train[name],
+            "infer_img_s": infer[name],
+            "params": bench.num_params,
+        }
         if isinstance(bench, JaxBench):
             row.update(
                 gflops_per_image=bench.gflops_per_image,
@@ -416,13 +542,25 @@ def main(argv: list[str] | None = None) -> dict:
                 train_mfu=bench.train_flops_per_step * train[name] / args.batch / peak,
             )
         rows.append(row)
-    ratios = {f"{label}/{name}": {"train": train[label] / train[name],
-                                   "infer": infer[label] / infer[name]}
-              for name in benches if name != label}
-    report = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-              "host": host_description(with_torch=with_torch),
-              "batch": args.batch, "dtype": args.dtype, "img_size": ours.model.img_size,
-              "matmul_peak_tflops": peak / 1e12, "rows": rows, "ratios": ratios}
+    ratios = {
+        f"{label}/{name}": {
+            "train": train[label] / train[name],
+            "infer": infer[label] / infer[name],
+        }
+        for name in benches
+        if name != label
+    }
+    report = {
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+        "host": host_description(with_torch=with_torch),
+        "batch": args.batch,
+        "dtype": args.dtype,
+        "img_size": ours.model.img_size,
+        "matmul_peak_tflops": peak / 1e12,
+        "rows": rows,
+        "ratios": ratios,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -436,19 +574,33 @@ def _img_s(value: float) -> str:
 
 
 def _print_table(report: dict) -> None:
-    print(f"device: {report['device']} ({report['backend']}), batch {report['batch']}, "
-          f"{report['img_size']} px, {report['dtype']}, matmul peak "
-          f"{report['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s")
+    print(
+        f"device: {report['device']} ({report['backend']}), batch {report['batch']}, "
+        f"{report['img_size']} px, {report['dtype']}, matmul peak "
+        f"{report['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s"
+    )
     print(host_line(report["host"]))
-    print("| model | impl | train img/s | infer img/s | params | GFLOPs/img | compile s (train) | peak MiB (train) | MFU (train) |")
+    print(
+        "| model | impl | train img/s | infer img/s | params | GFLOPs/img | compile s (train) "
+        "| peak MiB (train) | MFU (train) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["rows"]:
-        extra = ("-", "-", "-", "-") if row["impl"] != "jax" else (
-            f"{row['gflops_per_image']:.2f}", f"{row['train_compile_s']:.1f}",
-            "-" if row["train_peak_mib"] is None else f"{row['train_peak_mib']:.0f}",
-            f"{row['train_mfu']:.1%}")
-        print(f"| {row['model']} | {row['impl']} | {_img_s(row['train_img_s'])} | {_img_s(row['infer_img_s'])} "
-              f"| {row['params']:,} | " + " | ".join(extra) + " |")
+        extra = (
+            ("-", "-", "-", "-")
+            if row["impl"] != "jax"
+            else (
+                f"{row['gflops_per_image']:.2f}",
+                f"{row['train_compile_s']:.1f}",
+                "-" if row["train_peak_mib"] is None else f"{row['train_peak_mib']:.0f}",
+                f"{row['train_mfu']:.1%}",
+            )
+        )
+        print(
+            f"| {row['model']} | {row['impl']} | {_img_s(row['train_img_s'])} "
+            f"| {_img_s(row['infer_img_s'])} "
+            f"| {row['params']:,} | " + " | ".join(extra) + " |"
+        )
     for name, ratio in report["ratios"].items():
         print(f"ratio {name}: train {ratio['train']:.2f}x, inference {ratio['infer']:.2f}x")
 

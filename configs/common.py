@@ -12,7 +12,6 @@ from nested_tnt_jax import models
 from nested_tnt_jax.data import dataset_info
 
 
-
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """Parses `key=value,flag` (the part after `:` in `configs/x.py:...`) into a ConfigDict.
 
@@ -158,8 +157,9 @@ def nests(c: ml_collections.ConfigDict) -> bool:
     return any(c.model.nesting[chain] for chain in models.nesting.CHAINS)
 
 
-def finish(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
-           ) -> ml_collections.ConfigDict:
+def finish(
+    c: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
     """Applies the `steps=N` and `batch=N` arguments and locks the config (its model
     overrides stay open: their keys are the model's fields, checked by `create_model`).
 

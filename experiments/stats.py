@@ -72,11 +72,13 @@ def paired_test(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
     if diff.std == 0.0:
         if diff.mean == 0.0:
             return PairedTest(n, 0.0, 0.0, 0.0, math.nan, 1.0)
-        return PairedTest(n, diff.mean, diff.mean, diff.mean, math.copysign(math.inf, diff.mean),
-                          0.0)
+        return PairedTest(
+            n, diff.mean, diff.mean, diff.mean, math.copysign(math.inf, diff.mean), 0.0
+        )
     result = scipy_stats.ttest_rel(a_arr, b_arr)
-    return PairedTest(n, diff.mean, diff.ci_low, diff.ci_high, float(result.statistic),
-                      float(result.pvalue))
+    return PairedTest(
+        n, diff.mean, diff.ci_low, diff.ci_high, float(result.statistic), float(result.pvalue)
+    )
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

@@ -6,7 +6,8 @@ hand. The report compares models over the same seeds: per (dataset, model) mean 
 top-1 (percent), the 95% Student-t interval and n, and paired t-tests (mean difference with its
 95% interval, t, p) of Nested-TNT against TNT and ViT, Nested-ViT against ViT, and of each
 ablation against Nested-TNT and TNT. `experiments/nesting_study.py` runs the fixed CIFAR-10
-study on top of this machinery, with a committed record. Outputs in SWEEP_DIR: table.md, table.csv, runs.csv (one line per run), plot.png.
+study on top of this machinery, with a committed record. Outputs in SWEEP_DIR: table.md, table.csv,
+runs.csv (one line per run), plot.png.
 
   # 3 seeds, CPU-sized models, a short schedule:
   python -m experiments.sweep --sweep-dir=runs/sweep_c10 --datasets cifar10 --num-seeds 3 \
@@ -62,18 +63,23 @@ class Variant:
 
 # Every model choice the families register (`models.registry`), then the Nested-TNT ablations.
 MODELS = tuple(registry.choices())
-VARIANTS = {v.name: v for v in (
-    *(Variant(name, name) for name in MODELS),
-    Variant("nested_tnt-no_inner", "nested_tnt", (("inner", "False"),)),
-    Variant("nested_tnt-no_outer", "nested_tnt", (("outer", "False"),)),
-    Variant("nested_tnt-no_mixer", "nested_tnt", (("mixer", "False"),)),
-    Variant("nested_tnt-no_noise", "nested_tnt", (("logit_noise", "0.0"),)),
-    Variant("nested_tnt-noise_1", "nested_tnt", (("logit_noise", "1.0"),)),
-)}
+VARIANTS = {
+    v.name: v
+    for v in (
+        *(Variant(name, name) for name in MODELS),
+        Variant("nested_tnt-no_inner", "nested_tnt", (("inner", "False"),)),
+        Variant("nested_tnt-no_outer", "nested_tnt", (("outer", "False"),)),
+        Variant("nested_tnt-no_mixer", "nested_tnt", (("mixer", "False"),)),
+        Variant("nested_tnt-no_noise", "nested_tnt", (("logit_noise", "0.0"),)),
+        Variant("nested_tnt-noise_1", "nested_tnt", (("logit_noise", "1.0"),)),
+    )
+}
 ABLATIONS = tuple(name for name in VARIANTS if name not in MODELS)
 # Paired comparisons reported per row: the row's model minus each reference, same seeds.
-REFERENCES = {**{c.name: c.references for c in registry.choices().values() if c.references},
-              **{a: ("nested_tnt", "tnt") for a in ABLATIONS}}
+REFERENCES = {
+    **{c.name: c.references for c in registry.choices().values() if c.references},
+    **{a: ("nested_tnt", "tnt") for a in ABLATIONS},
+}
 REFERENCE_COLUMNS = tuple(dict.fromkeys(ref for refs in REFERENCES.values() for ref in refs))
 
 
@@ -101,12 +107,18 @@ class Run:
 
     def spec(self) -> dict:
         """What the run trains, independent of where the repository or sweep lives."""
-        return {"config": self.config, "flags": list(self.flags),
-                "init_from": self.pretrain.name if self.pretrain else None}
+        return {
+            "config": self.config,
+            "flags": list(self.flags),
+            "init_from": self.pretrain.name if self.pretrain else None,
+        }
 
     def trainer_args(self, sweep_dir: pathlib.Path) -> list[str]:
-        args = [f"--config={CONFIG_DIR / self.config}", f"--workdir={self.workdir(sweep_dir)}",
-                *self.flags]
+        args = [
+            f"--config={CONFIG_DIR / self.config}",
+            f"--workdir={self.workdir(sweep_dir)}",
+            *self.flags,
+        ]
         if self.pretrain:
             args.append(f"--config.init_from={self.pretrain.workdir(sweep_dir)}")
         return args
@@ -119,7 +131,7 @@ def current_flag(flag: str) -> str:
     key, sep, value = flag.partition("=")
     if not sep or not key.startswith("--config."):
         return flag
-    (new_key,) = nesting.from_legacy({key[len("--config."):]: value})
+    (new_key,) = nesting.from_legacy({key[len("--config.") :]: value})
     return f"--config.{new_key}={value}"
 
 
@@ -164,16 +176,20 @@ def plan(
         raise SweepError(f"Seeds must be distinct and at least one; got {list(seeds)}.")
     if pretrain_settings and not pretrain:
         raise SweepError(
-            "--pretrain-set only applies with --pretrain; add --pretrain or use --set.")
+            "--pretrain-set only applies with --pretrain; add --pretrain or use --set."
+        )
     common = _config_flags(settings)
     pre_flags = _config_flags(pretrain_settings)
 
     def make(dataset: str, variant: Variant, seed: int, parent: Run | None) -> Run:
         arg = f"model={variant.family}" + (",cpu" if cpu else "")
         extra = pre_flags if dataset == PRETRAIN_DATASET and pretrain else []
-        flags = (f"--config.seed={seed}",
-                 *(f"--config.model.nesting.{k}={v}" for k, v in variant.nesting),
-                 *common, *extra)
+        flags = (
+            f"--config.seed={seed}",
+            *(f"--config.model.nesting.{k}={v}" for k, v in variant.nesting),
+            *common,
+            *extra,
+        )
         return Run(dataset, variant, seed, f"{DATASETS[dataset]}:{arg}", flags, parent)
 
     runs: dict[str, Run] = {}
@@ -281,8 +297,9 @@ def execute(
         with open(workdir / LOG_FILE, "a", encoding="utf-8") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
             log.flush()
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, check=False).returncode
+            code = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+            ).returncode
         if code == 0 and load_results(workdir) is not None:
             outcomes[run.name] = Outcome("trained")
             echo(f"{prefix}: trained in {time.time() - start:.0f}s")
@@ -306,14 +323,14 @@ class Row:
     paired: Mapping[str, stats.PairedTest]  # reference model -> test of (model - reference)
 
 
-def table_rows(runs: Sequence[Run], sweep_dir: pathlib.Path,
-               datasets: Sequence[str]) -> list[Row]:
+def table_rows(runs: Sequence[Run], sweep_dir: pathlib.Path, datasets: Sequence[str]) -> list[Row]:
     """Collects results into rows for `datasets` (in that order), pairing models by seed."""
     cells: dict[tuple[str, str], dict[int, float | None]] = {}
     for run in runs:
         results = load_results(run.workdir(sweep_dir))
         cells.setdefault((run.dataset, run.variant.name), {})[run.seed] = (
-            100.0 * results["test_top1"] if results else None)
+            100.0 * results["test_top1"] if results else None
+        )
     rows = []
     for (dataset, model), by_seed in cells.items():
         if dataset not in datasets:
@@ -324,10 +341,19 @@ def table_rows(runs: Sequence[Run], sweep_dir: pathlib.Path,
             ref_top1 = cells.get((dataset, ref), {})
             seeds = [s for s in top1 if ref_top1.get(s) is not None]
             if seeds:
-                paired[ref] = stats.paired_test([top1[s] for s in seeds],
-                                                [ref_top1[s] for s in seeds])
-        rows.append(Row(dataset, model, top1, tuple(s for s, v in by_seed.items() if v is None),
-                        stats.summarize(list(top1.values())), paired))
+                paired[ref] = stats.paired_test(
+                    [top1[s] for s in seeds], [ref_top1[s] for s in seeds]
+                )
+        rows.append(
+            Row(
+                dataset,
+                model,
+                top1,
+                tuple(s for s, v in by_seed.items() if v is None),
+                stats.summarize(list(top1.values())),
+                paired,
+            )
+        )
     order = {d: i for i, d in enumerate(datasets)}
     return sorted(rows, key=lambda r: order[r.dataset])
 
@@ -343,15 +369,25 @@ def _p(p: float) -> str:
 def _paired_cell(test: stats.PairedTest | None) -> str:
     if test is None:
         return ""
-    return (f"{test.mean_diff:+.2f} [{_num(test.ci_low)}, {_num(test.ci_high)}], "
-            f"t={_num(test.t)}, p={_p(test.p)} (n={test.n})")
+    return (
+        f"{test.mean_diff:+.2f} [{_num(test.ci_low)}, {_num(test.ci_high)}], "
+        f"t={_num(test.t)}, p={_p(test.p)} (n={test.n})"
+    )
 
 
-def write_markdown(rows: Sequence[Row], outcomes: Mapping[str, Outcome] | None,
-                   path: pathlib.Path) -> None:
+def write_markdown(
+    rows: Sequence[Row], outcomes: Mapping[str, Outcome] | None, path: pathlib.Path
+) -> None:
     """table.md: one table over all datasets, then the runs that failed or are missing."""
-    head = ["dataset", "model", "n", "top-1 % (mean ± std)", "95% CI",
-            *(f"Δ vs {ref} [95% CI], paired t" for ref in REFERENCE_COLUMNS), "missing seeds"]
+    head = [
+        "dataset",
+        "model",
+        "n",
+        "top-1 % (mean ± std)",
+        "95% CI",
+        *(f"Δ vs {ref} [95% CI], paired t" for ref in REFERENCE_COLUMNS),
+        "missing seeds",
+    ]
     lines = [
         "# Sweep results",
         "",
@@ -364,14 +400,24 @@ def write_markdown(rows: Sequence[Row], outcomes: Mapping[str, Outcome] | None,
     ]
     for r in rows:
         s = r.summary
-        lines.append("| " + " | ".join([
-            r.dataset, r.model, str(s.n), f"{_num(s.mean)} ± {_num(s.std)}",
-            f"[{_num(s.ci_low)}, {_num(s.ci_high)}]",
-            *(_paired_cell(r.paired.get(ref)) for ref in REFERENCE_COLUMNS),
-            ", ".join(map(str, r.missing)) or "—",
-        ]) + " |")
-    problems = {name: o for name, o in (outcomes or {}).items()
-                if o.status in ("failed", "blocked")}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r.dataset,
+                    r.model,
+                    str(s.n),
+                    f"{_num(s.mean)} ± {_num(s.std)}",
+                    f"[{_num(s.ci_low)}, {_num(s.ci_high)}]",
+                    *(_paired_cell(r.paired.get(ref)) for ref in REFERENCE_COLUMNS),
+                    ", ".join(map(str, r.missing)) or "—",
+                ]
+            )
+            + " |"
+        )
+    problems = {
+        name: o for name, o in (outcomes or {}).items() if o.status in ("failed", "blocked")
+    }
     if problems:
         lines += ["", "## Runs without results", ""]
         lines += [f"- `{name}`: {o.status}, {o.message}" for name, o in problems.items()]
@@ -387,19 +433,36 @@ def write_csv(rows: Sequence[Row], path: pathlib.Path) -> None:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
         for r in rows:
-            line = {"dataset": r.dataset, "model": r.model,
-                    **dataclasses.asdict(r.summary),
-                    "missing_seeds": " ".join(map(str, r.missing))}
+            line = {
+                "dataset": r.dataset,
+                "model": r.model,
+                **dataclasses.asdict(r.summary),
+                "missing_seeds": " ".join(map(str, r.missing)),
+            }
             for ref, t in r.paired.items():
-                line.update({f"n_vs_{ref}": t.n, f"diff_vs_{ref}": t.mean_diff,
-                             f"diff_ci_low_vs_{ref}": t.ci_low,
-                             f"diff_ci_high_vs_{ref}": t.ci_high,
-                             f"t_vs_{ref}": t.t, f"p_vs_{ref}": t.p})
+                line.update(
+                    {
+                        f"n_vs_{ref}": t.n,
+                        f"diff_vs_{ref}": t.mean_diff,
+                        f"diff_ci_low_vs_{ref}": t.ci_low,
+                        f"diff_ci_high_vs_{ref}": t.ci_high,
+                        f"t_vs_{ref}": t.t,
+                        f"p_vs_{ref}": t.p,
+                    }
+                )
             writer.writerow(line)
 
 
-RUN_FIELDS = ("test_top1", "test_top5", "test_loss", "test_examples", "num_params", "steps",
-              "train_img_per_sec_per_device", "wall_time_s")
+RUN_FIELDS = (
+    "test_top1",
+    "test_top5",
+    "test_loss",
+    "test_examples",
+    "num_params",
+    "steps",
+    "train_img_per_sec_per_device",
+    "wall_time_s",
+)
 
 
 def write_runs_csv(runs: Sequence[Run], sweep_dir: pathlib.Path, path: pathlib.Path) -> None:
@@ -409,9 +472,16 @@ def write_runs_csv(runs: Sequence[Run], sweep_dir: pathlib.Path, path: pathlib.P
         writer.writerow(["run", "dataset", "model", "seed", "init_from", *RUN_FIELDS])
         for run in runs:
             results = load_results(run.workdir(sweep_dir)) or {}
-            writer.writerow([run.name, run.dataset, run.variant.name, run.seed,
-                             run.pretrain.name if run.pretrain else "",
-                             *(results.get(k, "") for k in RUN_FIELDS)])
+            writer.writerow(
+                [
+                    run.name,
+                    run.dataset,
+                    run.variant.name,
+                    run.seed,
+                    run.pretrain.name if run.pretrain else "",
+                    *(results.get(k, "") for k in RUN_FIELDS),
+                ]
+            )
 
 
 # The plot's y-axis spans at least this many points of top-1, so that seeds a hundredth of a
@@ -423,37 +493,62 @@ def write_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
     """plot.png: per dataset, each seed's top-1 as a dot and the mean with its 95% CI bar;
     each model's label gives its number of seeds n, and a model with n = 1 is marked as
     having no interval. The y-axis spans at least `MIN_PLOT_SPAN` points."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (only the plot needs it)
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from matplotlib import pyplot as plt  # noqa: PLC0415 (only the plot needs it)
 
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     widest = max((sum(r.dataset == d for r in rows) for d in datasets), default=1)
-    fig, axes = plt.subplots(max(1, len(datasets)), 1, squeeze=False,
-                             figsize=(max(5.0, 1.0 * widest + 2.0), 3.6 * max(1, len(datasets))))
+    fig, axes = plt.subplots(
+        max(1, len(datasets)),
+        1,
+        squeeze=False,
+        figsize=(max(5.0, 1.0 * widest + 2.0), 3.6 * max(1, len(datasets))),
+    )
     for ax, dataset in zip(axes[:, 0], datasets):
         mine = [r for r in rows if r.dataset == dataset]
         for x, r in enumerate(mine):
             values = list(r.top1.values())
             offsets = [0.3 * (j / max(1, len(values) - 1) - 0.5) for j in range(len(values))]
-            ax.scatter([x + 0.15 + o / 2 for o in offsets], values, s=14, alpha=0.6,
-                       color="tab:blue", label="seed" if x == 0 else None)
+            ax.scatter(
+                [x + 0.15 + o / 2 for o in offsets],
+                values,
+                s=14,
+                alpha=0.6,
+                color="tab:blue",
+                label="seed" if x == 0 else None,
+            )
             s = r.summary
             if s.n:
                 err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
-                ax.errorbar([x - 0.1], [s.mean], yerr=err, fmt="o", color="black", capsize=4,
-                            label="mean, 95% CI" if x == 0 else None)
-        ax.set_xticks(range(len(mine)), [
-            f"{r.model}\n(n = {r.summary.n})" for r in mine], rotation=20, ha="right")
+                ax.errorbar(
+                    [x - 0.1],
+                    [s.mean],
+                    yerr=err,
+                    fmt="o",
+                    color="black",
+                    capsize=4,
+                    label="mean, 95% CI" if x == 0 else None,
+                )
+        ax.set_xticks(
+            range(len(mine)),
+            [f"{r.model}\n(n = {r.summary.n})" for r in mine],
+            rotation=20,
+            ha="right",
+        )
         low, high = ax.get_ylim()
         if high - low < MIN_PLOT_SPAN:
             middle = (low + high) / 2
             ax.set_ylim(middle - MIN_PLOT_SPAN / 2, middle + MIN_PLOT_SPAN / 2)
         single = [r for r in mine if r.summary.n == 1]
-        ax.set_title(dataset if not single else
-                     f"{dataset}\none seed (n = 1): no confidence interval"
-                     + ("" if len(single) == len(mine) else " for those models"), fontsize=10)
+        ax.set_title(
+            dataset
+            if not single
+            else f"{dataset}\none seed (n = 1): no confidence interval"
+            + ("" if len(single) == len(mine) else " for those models"),
+            fontsize=10,
+        )
         ax.set_ylabel("test top-1 (%)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(loc="best", fontsize="small")
@@ -462,8 +557,12 @@ def write_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def report(runs: Sequence[Run], sweep_dir: pathlib.Path, datasets: Sequence[str],
-           outcomes: Mapping[str, Outcome] | None = None) -> list[Row]:
+def report(
+    runs: Sequence[Run],
+    sweep_dir: pathlib.Path,
+    datasets: Sequence[str],
+    outcomes: Mapping[str, Outcome] | None = None,
+) -> list[Row]:
     """Writes table.md, table.csv, runs.csv and plot.png into `sweep_dir`; returns the rows."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs, sweep_dir, datasets)
@@ -476,32 +575,74 @@ def report(runs: Sequence[Run], sweep_dir: pathlib.Path, datasets: Sequence[str]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m experiments.sweep", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sweep-dir", required=True, type=pathlib.Path,
-                   help="Directory holding one workdir per run and the tables.")
-    p.add_argument("--datasets", nargs="+", default=["cifar10"], choices=list(DATASETS),
-                   metavar="DATASET", help=f"Any of {', '.join(DATASETS)} (default: cifar10).")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(VARIANTS),
-                   metavar="MODEL", help=f"Any of {', '.join(VARIANTS)} (default: "
-                   f"{' '.join(MODELS)}).")
-    p.add_argument("--ablations", action="store_true",
-                   help=f"Also train the Nested-TNT ablations: {', '.join(ABLATIONS)}.")
+        prog="python -m experiments.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sweep-dir",
+        required=True,
+        type=pathlib.Path,
+        help="Directory holding one workdir per run and the tables.",
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["cifar10"],
+        choices=list(DATASETS),
+        metavar="DATASET",
+        help=f"Any of {', '.join(DATASETS)} (default: cifar10).",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        choices=list(VARIANTS),
+        metavar="MODEL",
+        help=f"Any of {', '.join(VARIANTS)} (default: {' '.join(MODELS)}).",
+    )
+    p.add_argument(
+        "--ablations",
+        action="store_true",
+        help=f"Also train the Nested-TNT ablations: {', '.join(ABLATIONS)}.",
+    )
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--num-seeds", type=int, default=3, help="Seeds 0 .. K-1 (default 3).")
     seeds.add_argument("--seeds", type=int, nargs="+", help="Explicit seeds.")
-    p.add_argument("--cpu", action="store_true",
-                   help="Use the configs' `cpu` variant (small 32 px models).")
-    p.add_argument("--pretrain", action="store_true",
-                   help="Pre-train on CIFAR-100 once per model and seed, then fine-tune.")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="Config override for every run, e.g. dataset.data_dir=../shared/tfds.")
-    p.add_argument("--pretrain-set", dest="pretrain_settings", action="append", default=[],
-                   metavar="KEY=VALUE", help="Config override for the CIFAR-100 runs only.")
-    p.add_argument("--trainer", default=shlex.join(DEFAULT_TRAINER),
-                   help="Command that trains one run (default: python -m nested_tnt_jax.main).")
-    p.add_argument("--report-only", action="store_true",
-                   help="Rebuild the tables from existing results; train nothing.")
+    p.add_argument(
+        "--cpu", action="store_true", help="Use the configs' `cpu` variant (small 32 px models)."
+    )
+    p.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="Pre-train on CIFAR-100 once per model and seed, then fine-tune.",
+    )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Config override for every run, e.g. dataset.data_dir=../shared/tfds.",
+    )
+    p.add_argument(
+        "--pretrain-set",
+        dest="pretrain_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Config override for the CIFAR-100 runs only.",
+    )
+    p.add_argument(
+        "--trainer",
+        default=shlex.join(DEFAULT_TRAINER),
+        help="Command that trains one run (default: python -m nested_tnt_jax.main).",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="Rebuild the tables from existing results; train nothing.",
+    )
     p.add_argument("--dry-run", action="store_true", help="Print the trainer commands and exit.")
     return p.parse_args(argv)
 
@@ -514,8 +655,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_dir = args.sweep_dir.resolve()
     trainer = shlex.split(args.trainer)
     try:
-        runs = plan(args.datasets, models, seeds, cpu=args.cpu, pretrain=args.pretrain,
-                    settings=args.settings, pretrain_settings=args.pretrain_settings)
+        runs = plan(
+            args.datasets,
+            models,
+            seeds,
+            cpu=args.cpu,
+            pretrain=args.pretrain,
+            settings=args.settings,
+            pretrain_settings=args.pretrain_settings,
+        )
         if args.dry_run:
             for run in runs:
                 print(shlex.join([*trainer, *run.trainer_args(sweep_dir)]))
@@ -527,8 +675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report(runs, sweep_dir, args.datasets, outcomes)
     missing = [r.name for r in runs if load_results(r.workdir(sweep_dir)) is None]
     listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    print(f"Table: {sweep_dir / 'table.md'} ({len(runs) - len(missing)}/{len(runs)} runs with "
-          f"results{'; missing: ' + listed if missing else ''})")
+    print(
+        f"Table: {sweep_dir / 'table.md'} ({len(runs) - len(missing)}/{len(runs)} runs with "
+        f"results{'; missing: ' + listed if missing else ''})"
+    )
     return 1 if missing else 0
 
 

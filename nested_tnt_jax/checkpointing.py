@@ -54,8 +54,8 @@ def _write_each_shard_once() -> None:
     absl_logger.setLevel(logging.ERROR)
     try:
         ocp.type_handlers.register_type_handler(
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-            override=True)
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+        )
     finally:
         absl_logger.setLevel(level)
 
@@ -127,19 +127,24 @@ class Checkpointer:
         The caller guarantees `state` is finite (the train loop checks before calling).
         """
         try:
-            self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                               force=True)
+            self._manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True
+            )
         except Exception as e:  # Disk full, permissions, I/O: orbax raises many types.
             raise self._write_error(e) from e
 
     def _write_error(self, error: Exception) -> CheckpointError:
         complete = _complete_steps(self.directory)
-        kept = (f"the complete checkpoints (steps {', '.join(map(str, complete))}) are intact"
-                if complete else "no complete checkpoint was written yet")
+        kept = (
+            f"the complete checkpoints (steps {', '.join(map(str, complete))}) are intact"
+            if complete
+            else "no complete checkpoint was written yet"
+        )
         return CheckpointError(
             f"Writing a checkpoint into {self.directory} failed ({_brief(error)}); {kept}. "
             "Free disk space or fix the directory's permissions, then run the same command "
-            "again to resume from the newest complete checkpoint.")
+            "again to resume from the newest complete checkpoint."
+        )
 
     def restore(self, abstract_state: PyTree) -> PyTree | None:
         """The newest checkpoint that restores, as arrays sharded like `abstract_state`.
@@ -155,10 +160,15 @@ class Checkpointer:
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 state = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-            except Exception as e:  # Torn or corrupt files fail in tensorstore, json or orbax.
-                logging.warning("Checkpoint %d in %s cannot be restored (%s); trying an older "
-                                "one.", step, self.directory, _brief(e))
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                )
+            except Exception as e:  # noqa: BLE001 (torn or corrupt files fail in tensorstore, json or orbax)
+                logging.warning(
+                    "Checkpoint %d in %s cannot be restored (%s); trying an older one.",
+                    step,
+                    self.directory,
+                    _brief(e),
+                )
                 failures.append((step, e))
                 continue
             if failures:
@@ -170,7 +180,8 @@ class Checkpointer:
                 f"{', '.join(str(s) for s, _ in failures)}; newest: {_brief(failures[0][1])}). "
                 "If the model or its overrides changed since they were written, use the run's "
                 "original config or another --workdir; to start afresh, move the directory "
-                "away.")
+                "away."
+            )
         return None
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -230,8 +241,10 @@ class StopSignal:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        logging.warning("Received %s: saving a checkpoint, then stopping (send it again to "
-                        "stop at once).", signal.Signals(signum).name)
+        logging.warning(
+            "Received %s: saving a checkpoint, then stopping (send it again to stop at once).",
+            signal.Signals(signum).name,
+        )
         self._event.set()
 
     def is_set(self) -> bool:
@@ -249,8 +262,10 @@ def hand_ctrl_c_to_preemption() -> None:
     one step with a checkpoint, as for SIGTERM; the next Ctrl-C interrupts at once."""
 
     def handle(signum, frame) -> None:
-        logging.warning("Received SIGINT: saving a checkpoint on every process, then stopping "
-                        "(press Ctrl-C again to stop at once).")
+        logging.warning(
+            "Received SIGINT: saving a checkpoint on every process, then stopping "
+            "(press Ctrl-C again to stop at once)."
+        )
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -293,7 +308,8 @@ def read_params(path: str, step: int | None = None) -> tuple[PyTree, int]:
     # the restore target is host numpy: the other run's mesh, devices and process count (its
     # saved shardings) do not matter.
     manager = ocp.CheckpointManager(
-        directory, item_handlers={"state": ocp.StandardCheckpointHandler()},
+        directory,
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(read_only=True),
     )
     try:
@@ -305,20 +321,24 @@ def read_params(path: str, step: int | None = None) -> tuple[PyTree, int]:
             raise FileNotFoundError(
                 f"{path!r} holds {what}: {directory}{listed}. Point at the workdir of a run "
                 "that saved a checkpoint, its checkpoints/ folder, or one of its complete "
-                "steps (RUN/checkpoints/N).")
+                "steps (RUN/checkpoints/N)."
+            )
         try:
             metadata = manager.item_metadata(step)["state"]
             target = jax.tree_util.tree_map(
-                lambda m: np.empty(m.shape, m.dtype), metadata,
+                lambda m: np.empty(m.shape, m.dtype),
+                metadata,
                 is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"),
             )
             restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )["state"]
         except Exception as e:  # Torn or corrupt files fail in tensorstore, json or orbax.
             raise CheckpointError(
                 f"Checkpoint {step} in {directory} cannot be read ({_brief(e)}): it is "
                 "truncated, corrupted or not an orbax checkpoint of this program. Use another "
-                "run (or restore the files from a copy).") from e
+                "run (or restore the files from a copy)."
+            ) from e
     finally:
         manager.close()
     logging.info("Loaded the params of checkpoint %d of %s", step, directory)

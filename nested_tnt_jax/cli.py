@@ -44,8 +44,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Warnings libraries print on every run that the user neither caused nor can act on: orbax
 # warns of every run it reads back (`predict`, `visualize`, `--config.init_from`) that it opens
 # its checkpoints read-only, as asked.
-_NOISE = ("OpenCV is not installed", "CheckpointManagerOptions.read_only=True",
-          "Given directory is read only")
+_NOISE = (
+    "OpenCV is not installed",
+    "CheckpointManagerOptions.read_only=True",
+    "Given directory is read only",
+)
 
 
 def paragraph(message: str) -> str:
@@ -67,8 +70,11 @@ def explained() -> Iterator[None]:
     except errors.EXPLAINED as e:
         fail(str(e), errors.exit_code(e))
     except KeyboardInterrupt:
-        fail("Interrupted (Ctrl-C). What was saved before is kept: checkpoints, history and "
-             "results. Run the same command again to resume.", EXIT_INTERRUPTED)
+        fail(
+            "Interrupted (Ctrl-C). What was saved before is kept: checkpoints, history and "
+            "results. Run the same command again to resume.",
+            EXIT_INTERRUPTED,
+        )
 
 
 # --- absl flags and ml_collections config files -------------------------------------------
@@ -88,7 +94,7 @@ def _root_cause(error: BaseException) -> BaseException:
 
 def _unknown_field(config, path: str) -> str | None:
     """Why `config.<path>` does not exist (naming the group and its fields), or None."""
-    from ml_collections import ConfigDict
+    from ml_collections import ConfigDict  # noqa: PLC0415 (only the programs that use it load it)
 
     node, parts = config, path.split(".")
     for depth, key in enumerate(parts):
@@ -96,8 +102,7 @@ def _unknown_field(config, path: str) -> str | None:
         if not isinstance(node, ConfigDict):
             return f"{group} is a value, not a group of fields, so it has no field {key!r}"
         if key not in node:
-            return (f"{group} has no field {key!r}; its fields are "
-                    f"{', '.join(sorted(node.keys()))}")
+            return f"{group} has no field {key!r}; its fields are {', '.join(sorted(node.keys()))}"
         node = node[key]
     return None
 
@@ -110,8 +115,10 @@ def config_file_error(error: BaseException) -> str:
         detail = lines[-1]  # already "ValueError: ..."
     else:
         detail = f"{type(cause).__name__}: {' '.join(lines)}"
-    return (f"The config did not load: {detail.rstrip('.')}. Check --config=FILE[:args] "
-            "(the file's get_config and its arguments).")
+    return (
+        f"The config did not load: {detail.rstrip('.')}. Check --config=FILE[:args] "
+        "(the file's get_config and its arguments)."
+    )
 
 
 def _renamed(override: str) -> str:
@@ -121,18 +128,19 @@ def _renamed(override: str) -> str:
     (new,) = nesting.from_legacy({override.split(".", 1)[1]: None})
     if new == override.split(".", 1)[1]:
         return ""
-    return (f"The nesting switches are one spec now, config.model.nesting: use --config.{new}. ")
+    return f"The nesting switches are one spec now, config.model.nesting: use --config.{new}. "
 
 
 def _flag_error(argv: list[str], error: Exception) -> str:
     """One paragraph on a command line that did not parse, naming the offending flag."""
-    from absl import flags
-    from ml_collections import ConfigDict
+    from absl import flags  # noqa: PLC0415 (only the programs that use it load it)
+    from ml_collections import ConfigDict  # noqa: PLC0415 (only the programs that use it load it)
 
     if isinstance(error, (KeyError, AttributeError)):  # config_flags on an unknown field
         config_args = [a for a in argv if a.startswith(("--config=", "-config="))]
-        overrides = [a.lstrip("-").split("=", 1)[0] for a in argv
-                     if a.lstrip("-").startswith("config.")]
+        overrides = [
+            a.lstrip("-").split("=", 1)[0] for a in argv if a.lstrip("-").startswith("config.")
+        ]
         try:  # The config as loaded before the overrides, to look the fields up in.
             config = flags.FLAGS["config"].parser.parse(config_args[-1].split("=", 1)[1])
         except Exception:  # noqa: BLE001 (no or a broken config file: said below)
@@ -140,9 +148,11 @@ def _flag_error(argv: list[str], error: Exception) -> str:
         for override in overrides if isinstance(config, ConfigDict) else []:
             why = _unknown_field(config, override.split(".", 1)[1])
             if why:
-                return (f"Unknown config field in --{override}: {why}. "
-                        f"{_renamed(override)}Fix the name (the config file lists every field "
-                        "with its meaning).")
+                return (
+                    f"Unknown config field in --{override}: {why}. "
+                    f"{_renamed(override)}Fix the name (the config file lists every field "
+                    "with its meaning)."
+                )
     if isinstance(error, flags.Error) and _CONFIG_FILE_FAILED not in str(error):
         # absl's message names the flag and its value.
         return f"Invalid command line: {str(error).rstrip('.')}. See --helpfull for the flags."
@@ -171,7 +181,7 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
     rather than a bug to trace (ml_collections reports an unknown field with a KeyError
     traceback, and a config file's own error behind a generic one).
     """
-    from absl import flags
+    from absl import flags  # noqa: PLC0415 (only the programs that use it load it)
 
     put_config_packages_on_path(argv)
     try:
@@ -194,6 +204,7 @@ def loaded_config(config_flag):
 
 # --- logging ---------------------------------------------------------------------------------
 
+
 class _Quiet(std_logging.Filter):
     """At the default verbosity: this package's records, and other libraries' warnings (less
     `_NOISE`); an exception's traceback is cut to its type and message; asyncio's reports of
@@ -201,8 +212,9 @@ class _Quiet(std_logging.Filter):
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         ours = record.pathname.startswith(_PACKAGE_DIR)
-        if not ours and (record.levelno < std_logging.WARNING
-                         or any(n in str(record.msg) for n in _NOISE)):
+        if not ours and (
+            record.levelno < std_logging.WARNING or any(n in str(record.msg) for n in _NOISE)
+        ):
             return False
         if record.name == "asyncio" and "exception was never retrieved" in record.getMessage():
             return False
@@ -246,7 +258,7 @@ def _import_tensorflow_quietly() -> None:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             try:
-                import tensorflow  # noqa: F401
+                import tensorflow  # noqa: PLC0415, F401
             except Exception:  # noqa: BLE001 (reported by the code that needs it)
                 pass
     finally:
@@ -256,7 +268,7 @@ def _import_tensorflow_quietly() -> None:
 
 def verbose() -> bool:
     """Whether absl's verbosity is above its default (`-v 1` or more)."""
-    from absl import logging
+    from absl import logging  # noqa: PLC0415 (only the programs that use it load it)
 
     return logging.get_verbosity() >= 1
 
@@ -273,10 +285,10 @@ def setup_logging(verbosity: int | None = None) -> None:
     are dropped, as the caller explains the failure in one paragraph. Native libraries'
     INFO lines: see `quiet_native_logs`.
     """
-    from absl import logging
+    from absl import logging  # noqa: PLC0415 (only the programs that use it load it)
 
     if verbosity is not None:
-        from absl import flags
+        from absl import flags  # noqa: PLC0415 (only the programs that use it load it)
 
         if not flags.FLAGS.is_parsed():  # else absl warns that logging came before parsing
             flags.FLAGS.mark_as_parsed()
@@ -291,8 +303,10 @@ def setup_logging(verbosity: int | None = None) -> None:
     default_hook = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        if not (unraisable.exc_type is RuntimeError
-                and str(unraisable.exc_value) == "Event loop is closed"):
+        if not (
+            unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"
+        ):
             default_hook(unraisable)
 
     sys.unraisablehook = hook

@@ -43,9 +43,17 @@ def exit_code(error: BaseException) -> int:
     return getattr(error, "exit_code", EXIT_RUN_ERROR)
 
 
-def check_range(field: str, value, *, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False, integer: bool = False,
-                hint: str = "") -> None:
+def check_range(
+    field: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    hint: str = "",
+) -> None:
     """Raises ConfigError unless `config.<field>` is a finite number (an integer if `integer`)
     in the interval from `low` to `high` (either bound left out: unbounded; `*_open`: the
     bound itself excluded). `hint` is added to the message (what the field means)."""
@@ -59,12 +67,15 @@ def check_range(field: str, value, *, low: float | None = None, high: float | No
         return
     kind = "an integer" if integer else "a number"
     if low is not None and high is not None:
-        where = (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
     elif low is not None:
         where = f"{'>' if low_open else '>='} {low:g}"
     elif high is not None:
         where = f"{'<' if high_open else '<='} {high:g}"
     else:
         where = "(finite)"
-    raise ConfigError(f"config.{field} is {value!r}; it must be {kind} {where}"
-                      + (f" ({hint})" if hint else "") + ".")
+    raise ConfigError(
+        f"config.{field} is {value!r}; it must be {kind} {where}"
+        + (f" ({hint})" if hint else "")
+        + "."
+    )

@@ -20,7 +20,7 @@ from nested_tnt_jax.errors import ConfigError
 # What brings each optional module: the pip argument a user runs.
 INSTALL = {
     "tensorflow": "pip install -e '.[tf]' (or use an image that ships tensorflow, as Colab and "
-                  "TPU VMs do)",
+    "TPU VMs do)",
     "torch": "pip install torch",
     "safetensors": "pip install safetensors",
     "gcsfs": "pip install -e '.[gcs]'",
@@ -41,5 +41,7 @@ def require(module: str, needed_for: str, otherwise: str = "") -> None:
     if not installed(module):
         raise ConfigError(
             f"{needed_for} needs {module}, which is not installed. Install it with "
-            f"{INSTALL[module]}" + (f"; or {otherwise}." if otherwise else ".")
-            + " Nothing was written.")
+            f"{INSTALL[module]}"
+            + (f"; or {otherwise}." if otherwise else ".")
+            + " Nothing was written."
+        )

@@ -38,25 +38,37 @@ from nested_tnt_jax import cli, errors
 cli.quiet_native_logs(sys.argv)
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, with optional `:args`.", lock_config=True)
+    "config", None, "Path to a config file, with optional `:args`.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _REEVALUATE = flags.DEFINE_bool(
-    "reevaluate", False, "For a finished run: evaluate its final checkpoint again on the "
-    "validation and test splits and print the numbers (its files are left as they are).")
+    "reevaluate",
+    False,
+    "For a finished run: evaluate its final checkpoint again on the "
+    "validation and test splits and print the numbers (its files are left as they are).",
+)
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "Call jax.distributed.initialize(): 'auto' when the environment shows several processes.")
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Call jax.distributed.initialize(): 'auto' when the environment shows several processes.",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "coordinator_address",
+    os.environ.get("JAX_COORDINATOR_ADDRESS"),
     "host:port of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS; TPU, SLURM and "
-    "Open MPI jobs find it themselves).")
+    "Open MPI jobs find it themselves).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ
-    else None, "Number of processes of the job (default $JAX_NUM_PROCESSES, else detected).")
+    "num_processes",
+    int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None,
+    "Number of processes of the job (default $JAX_NUM_PROCESSES, else detected).",
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ
-    else None, "This process's index in 0..num_processes-1 (default $JAX_PROCESS_ID, else "
-    "detected).")
+    "process_id",
+    int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
+    "This process's index in 0..num_processes-1 (default $JAX_PROCESS_ID, else detected).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -74,40 +86,52 @@ def multihost_environment() -> bool:
 
 def _initialize_distributed() -> None:
     """`jax.distributed.initialize` per --distributed and the process flags."""
-    import jax
+    import jax  # noqa: PLC0415 (after flag parsing, so XLA_FLAGS from the shell apply)
 
-    if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto"
-                                       and not multihost_environment()):
+    if _DISTRIBUTED.value == "off" or (
+        _DISTRIBUTED.value == "auto" and not multihost_environment()
+    ):
         return
     try:
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     except Exception as e:  # noqa: BLE001 (jax raises several types for a bad job description)
-        cli.fail(f"jax.distributed.initialize(coordinator_address={_COORDINATOR.value!r}, "
-                 f"num_processes={_NUM_PROCESSES.value}, process_id={_PROCESS_ID.value}) failed: "
-                 f"{type(e).__name__}: {e}. Set --coordinator_address, --num_processes and "
-                 "--process_id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
-                 "$JAX_PROCESS_ID), or pass --distributed=off for a single process.",
-                 errors.EXIT_RUN_ERROR)
+        cli.fail(
+            f"jax.distributed.initialize(coordinator_address={_COORDINATOR.value!r}, "
+            f"num_processes={_NUM_PROCESSES.value}, process_id={_PROCESS_ID.value}) failed: "
+            f"{type(e).__name__}: {e}. Set --coordinator_address, --num_processes and "
+            "--process_id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, "
+            "$JAX_PROCESS_ID), or pass --distributed=off for a single process.",
+            errors.EXIT_RUN_ERROR,
+        )
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"Unexpected arguments: {' '.join(argv[1:])}. Every setting is a flag "
-                 "(--config=..., --config.<field>=value, --workdir=...).", errors.EXIT_USAGE)
+        cli.fail(
+            f"Unexpected arguments: {' '.join(argv[1:])}. Every setting is a flag "
+            "(--config=..., --config.<field>=value, --workdir=...).",
+            errors.EXIT_USAGE,
+        )
     config = cli.loaded_config(_CONFIG)
     cli.setup_logging()
     with cli.explained():
-        import jax  # After flag parsing, so XLA_FLAGS and friends from the shell apply.
+        import jax  # noqa: PLC0415 (after flag parsing, so XLA_FLAGS and friends from the shell apply)
 
         _initialize_distributed()
-        from nested_tnt_jax import checkpointing, train
+        from nested_tnt_jax import checkpointing, train  # noqa: PLC0415 (after flag parsing, so XLA_FLAGS from the shell apply)
 
         if jax.process_count() > 1:
             checkpointing.hand_ctrl_c_to_preemption()
-            logging.info("JAX process %d / %d, %d local devices", jax.process_index(),
-                         jax.process_count(), jax.local_device_count())
+            logging.info(
+                "JAX process %d / %d, %d local devices",
+                jax.process_index(),
+                jax.process_count(),
+                jax.local_device_count(),
+            )
         train.train_and_evaluate(config, _WORKDIR.value, reevaluate=_REEVALUATE.value)
 
 

@@ -117,16 +117,21 @@ class EventWriter:
 
     def __init__(self, logdir: str):
         self.path = paths.resolve(logdir) / (
-            f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}")
+            f"events.out.tfevents.{time.time():010.0f}.{socket.gethostname()}.{os.getpid()}"
+        )
         self._buffer = io.BytesIO()
         self._records = RecordWriter(self._buffer)
-        self._records.write(event_pb2.Event(wall_time=time.time(),
-                                        file_version="brain.Event:2").SerializeToString())
+        self._records.write(
+            event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()
+        )
         self.flush()
 
     def _add(self, step: int, summary) -> None:
-        self._records.write(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                        summary=summary).SerializeToString())
+        self._records.write(
+            event_pb2.Event(
+                wall_time=time.time(), step=int(step), summary=summary
+            ).SerializeToString()
+        )
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         for tag, value in scalars.items():
@@ -156,8 +161,15 @@ class Reporter:
     steps).
     """
 
-    def __init__(self, workdir: str, num_train_steps: int, log_every_steps: int,
-                 batch_size: int, chrono: Chrono, start_step: int = 0):
+    def __init__(
+        self,
+        workdir: str,
+        num_train_steps: int,
+        log_every_steps: int,
+        batch_size: int,
+        chrono: Chrono,
+        start_step: int = 0,
+    ):
         self.workdir = workdir
         self.chrono = chrono
         self._primary = jax.process_index() == 0
@@ -190,8 +202,10 @@ class Reporter:
         """The early progress line (call `early_line_due` first, then synchronise)."""
         rate = self.chrono.interval_rate(step)
         if rate:
-            self._say(f"step {step}/{self._total}: {rate:.2f} steps/s, "
-                      f"{rate * self._batch:,.0f} img/s, ETA {duration((self._total - step) / rate)}")
+            self._say(
+                f"step {step}/{self._total}: {rate:.2f} steps/s, "
+                f"{rate * self._batch:,.0f} img/s, ETA {duration((self._total - step) / rate)}"
+            )
 
     def _say(self, line: str) -> None:
         if self._primary:
@@ -208,19 +222,27 @@ class Reporter:
         `params` may be global arrays sharded over processes; they are gathered to the host
         first (a collective: every process calls this).
         """
-        from clu import parameter_overview
+        from clu import parameter_overview  # noqa: PLC0415 (clu, only for the parameter table)
 
         params = multihost_utils.process_allgather(params, tiled=True)
         if self._primary:
-            paths.write_atomically(paths.resolve(self.workdir) / PARAMETERS_FILE,
-                                   parameter_overview.get_parameter_overview(params) + "\n")
+            paths.write_atomically(
+                paths.resolve(self.workdir) / PARAMETERS_FILE,
+                parameter_overview.get_parameter_overview(params) + "\n",
+            )
         return parameter_overview.count_parameters(params)
 
     def log_start(self, lines: Mapping[str, str]) -> None:
         """The start block: one `name: value` line each."""
         width = max(map(len, lines))
-        self._say("\n".join(["Training:", *(f"  {name + ':':<{width + 1}} {value}"
-                                              for name, value in lines.items())]))
+        self._say(
+            "\n".join(
+                [
+                    "Training:",
+                    *(f"  {name + ':':<{width + 1}} {value}" for name, value in lines.items()),
+                ]
+            )
+        )
 
     def write_config(self, config: Any) -> None:
         """Records the run's hyper-parameters (shown in TensorBoard's HParams tab)."""
@@ -249,14 +271,22 @@ class Reporter:
             self._write_scalars(step, {"steps_per_sec": rate})
         if self.writer is not None:
             self.writer.flush()
-        row = {"step": int(step), "split": "train",
-               **{k: float(metrics[k]) for k in TRAIN_KEYS[2:-1]}, "img_per_sec": img_per_sec}
+        row = {
+            "step": int(step),
+            "split": "train",
+            **{k: float(metrics[k]) for k in TRAIN_KEYS[2:-1]},
+            "img_per_sec": img_per_sec,
+        }
         self._append(row)
-        line = (f"step {step}/{self._total}: loss {metrics['loss']:.4f}, accuracy "
-                f"{100 * metrics['accuracy']:.1f}%")
+        line = (
+            f"step {step}/{self._total}: loss {metrics['loss']:.4f}, accuracy "
+            f"{100 * metrics['accuracy']:.1f}%"
+        )
         if rate:
-            line += (f", {rate:.2f} steps/s, {img_per_sec:,.0f} img/s, ETA "
-                     f"{duration((self._total - step) / rate)}")
+            line += (
+                f", {rate:.2f} steps/s, {img_per_sec:,.0f} img/s, ETA "
+                f"{duration((self._total - step) / rate)}"
+            )
         self._say(line)
 
     def write_eval(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
@@ -264,8 +294,9 @@ class Reporter:
         self._write_scalars(step, {f"{split}/{k}": v for k, v in metrics.items()})
         if self.writer is not None:
             self.writer.flush()
-        self._append({"step": int(step), "split": split,
-                      **{k: float(v) for k, v in metrics.items()}})
+        self._append(
+            {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+        )
         self._say(eval_line(step, split, metrics))
 
     def _append(self, record: Mapping[str, Any]) -> None:
@@ -275,8 +306,10 @@ class Reporter:
     def write_results(self, results: Mapping[str, Any]) -> None:
         """Writes results.json (process 0 only)."""
         if self._primary:
-            paths.write_atomically(paths.resolve(self.workdir) / RESULTS_FILE, json.dumps(
-                {k: _plain(v) for k, v in results.items()}, indent=2))
+            paths.write_atomically(
+                paths.resolve(self.workdir) / RESULTS_FILE,
+                json.dumps({k: _plain(v) for k, v in results.items()}, indent=2),
+            )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -286,13 +319,14 @@ class Reporter:
 def eval_line(step: int, split: str, metrics: Mapping[str, float]) -> str:
     """`validation at step 100: top-1 28.0%, top-5 79.6%, loss 1.964 (1,000 images)`."""
     name = "validation" if split == "eval" else split
-    return (f"{name} at step {step}: top-1 {100 * metrics['top1']:.1f}%, top-5 "
-            f"{100 * metrics['top5']:.1f}%, loss {metrics['loss']:.4f} "
-            f"({int(metrics['examples']):,} images)")
+    return (
+        f"{name} at step {step}: top-1 {100 * metrics['top1']:.1f}%, top-5 "
+        f"{100 * metrics['top5']:.1f}%, loss {metrics['loss']:.4f} "
+        f"({int(metrics['examples']):,} images)"
+    )
 
 
-def write_config_file(workdir: str, config: Any, extra: Mapping[str, Any] | None = None
-                      ) -> None:
+def write_config_file(workdir: str, config: Any, extra: Mapping[str, Any] | None = None) -> None:
     """Writes the run's config as `workdir/config.json` (the caller picks the process), with
     `extra` top-level entries (what `init_from` loaded); read back by `runs`."""
     text = config.to_json_best_effort(indent=2, sort_keys=True)

@@ -26,19 +26,34 @@ def check_config(optim: ml_collections.ConfigDict, total_steps: int | None = Non
     if optim.name not in OPTIMIZERS:
         raise ConfigError(
             f"config.optim.name is {optim.name!r}, which is not a known optimiser. "
-            f"Set it to one of {', '.join(OPTIMIZERS)}.")
-    check_range("optim.learning_rate", optim.learning_rate, low=0,
-                hint="the peak of the schedule")
-    check_range("optim.momentum", optim.momentum, low=0, high=1, high_open=True,
-                hint="SGD's momentum; 0 for none")
+            f"Set it to one of {', '.join(OPTIMIZERS)}."
+        )
+    check_range("optim.learning_rate", optim.learning_rate, low=0, hint="the peak of the schedule")
+    check_range(
+        "optim.momentum",
+        optim.momentum,
+        low=0,
+        high=1,
+        high_open=True,
+        hint="SGD's momentum; 0 for none",
+    )
     check_range("optim.b1", optim.b1, low=0, high=1, high_open=True, hint="AdamW's beta1")
     check_range("optim.b2", optim.b2, low=0, high=1, high_open=True, hint="AdamW's beta2")
     check_range("optim.weight_decay", optim.weight_decay, low=0, hint="0 for none")
     check_range("optim.warmup_steps", optim.warmup_steps, low=0, integer=True)
-    check_range("optim.grad_clip_norm", optim.grad_clip_norm, low=0,
-                hint="the global gradient norm to clip to; 0 for no clipping")
-    check_range("optim.grad_accum_steps", optim.grad_accum_steps, low=1, integer=True,
-                hint="micro-batches per step; 1 for no accumulation")
+    check_range(
+        "optim.grad_clip_norm",
+        optim.grad_clip_norm,
+        low=0,
+        hint="the global gradient norm to clip to; 0 for no clipping",
+    )
+    check_range(
+        "optim.grad_accum_steps",
+        optim.grad_accum_steps,
+        low=1,
+        integer=True,
+        hint="micro-batches per step; 1 for no accumulation",
+    )
     if total_steps is not None:
         check_warmup(optim, total_steps)
 
@@ -50,7 +65,8 @@ def check_warmup(optim: ml_collections.ConfigDict, total_steps: int) -> None:
             f"config.optim.warmup_steps is {optim.warmup_steps}, not less than the run's "
             f"{total_steps} steps, so the learning rate would never reach its peak and "
             "decay. Set warmup_steps below the run's length (0 for no warmup), or lengthen "
-            "the run.")
+            "the run."
+        )
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -103,8 +119,11 @@ def create_optimizer(
     else:
         parts.append(
             optax.adamw(
-                schedule, b1=optim.b1, b2=optim.b2,
-                weight_decay=optim.weight_decay, mask=weight_decay_mask,
+                schedule,
+                b1=optim.b1,
+                b2=optim.b2,
+                weight_decay=optim.weight_decay,
+                mask=weight_decay_mask,
             )
         )
     return optax.chain(*parts), schedule

@@ -53,9 +53,11 @@ def size_note(height: int, width: int, view: int) -> str | None:
     square (`FAR_SMALLER`), else None."""
     if min(height, width) >= FAR_SMALLER * view:
         return None
-    return (f"note: the image is {width}x{height} px, far smaller than the {view}x{view} px the "
-            f"model sees; it was upscaled {view / min(height, width):.3g}x, so these classes "
-            "say little about it")
+    return (
+        f"note: the image is {width}x{height} px, far smaller than the {view}x{view} px the "
+        f"model sees; it was upscaled {view / min(height, width):.3g}x, so these classes "
+        "say little about it"
+    )
 
 
 def classify(run: runs.Run, paths: Sequence[str], top_k: int = TOP_K) -> list[Prediction]:
@@ -81,8 +83,9 @@ def classify(run: runs.Run, paths: Sequence[str], top_k: int = TOP_K) -> list[Pr
             results.append(Prediction(path, [], failed[i]))
             continue
         order = np.argsort(-rows[i], kind="stable")[:k]
-        results.append(Prediction(path, [(run.labels[c], float(rows[i][c])) for c in order],
-                                  note=notes[i]))
+        results.append(
+            Prediction(path, [(run.labels[c], float(rows[i][c])) for c in order], note=notes[i])
+        )
     return results
 
 
@@ -94,8 +97,10 @@ def predict(workdir: str, paths: Sequence[str], top_k: int = TOP_K) -> list[Pred
 def format_prediction(prediction: Prediction) -> str:
     """One block of text per classified file: its path, its note if any, the ranked labels."""
     width = max(len(label) for label, _ in prediction.top)
-    lines = [f"  {rank}. {label:<{width}}  {p:.4f}"
-             for rank, (label, p) in enumerate(prediction.top, start=1)]
+    lines = [
+        f"  {rank}. {label:<{width}}  {p:.4f}"
+        for rank, (label, p) in enumerate(prediction.top, start=1)
+    ]
     note = [f"  ({prediction.note})"] if prediction.note else []
     return "\n".join([prediction.path, *note, *lines])
 
@@ -104,11 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI; returns 0 when every file was classified, 1 when any failed, 2 for a bad run."""
     parser = argparse.ArgumentParser(
         prog="python -m nested_tnt_jax.predict",
-        description="Top-5 classes of image files with a trained run's latest checkpoint.")
+        description="Top-5 classes of image files with a trained run's latest checkpoint.",
+    )
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
     parser.add_argument("--top_k", type=int, default=TOP_K)
-    parser.add_argument("-v", "--verbosity", type=int, default=0,
-                        help="absl's verbosity: 1 also shows the libraries' log lines")
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        default=0,
+        help="absl's verbosity: 1 also shows the libraries' log lines",
+    )
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbosity)

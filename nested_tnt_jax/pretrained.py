@@ -46,9 +46,13 @@ def check_packages(init_from: str) -> None:
     or safetensors for `.safetensors`) is not installed."""
     if init_from.endswith(TIMM_SUFFIXES):
         reader = "safetensors" if init_from.endswith(".safetensors") else "torch"
-        extras.require(reader, f"config.init_from {init_from!r} (a timm checkpoint file)",
-                       "use the model's .safetensors file, which needs only safetensors"
-                       if reader == "torch" else "")
+        extras.require(
+            reader,
+            f"config.init_from {init_from!r} (a timm checkpoint file)",
+            "use the model's .safetensors file, which needs only safetensors"
+            if reader == "torch"
+            else "",
+        )
 
 
 def _check_source_not_training(init_from: str) -> None:
@@ -56,8 +60,11 @@ def _check_source_not_training(init_from: str) -> None:
     directory, step = checkpointing.step_directory(init_from)
     if step is not None:
         return
-    run_dir = os.path.dirname(directory) if os.path.basename(
-        directory) == checkpointing.CHECKPOINT_DIR else directory
+    run_dir = (
+        os.path.dirname(directory)
+        if os.path.basename(directory) == checkpointing.CHECKPOINT_DIR
+        else directory
+    )
     holder = workdir.lock_holder(run_dir)
     if holder is not None:
         steps = checkpointing.complete_steps(init_from)
@@ -66,11 +73,13 @@ def _check_source_not_training(init_from: str) -> None:
             f"({workdir.describe_holder(holder)}), so its newest checkpoint is an intermediate "
             "one. Wait until it finishes, or name the checkpoint to start from: "
             f"--config.init_from={os.path.join(run_dir, checkpointing.CHECKPOINT_DIR, 'N')}"
-            + (f" (complete steps now: {', '.join(map(str, steps))})." if steps else "."))
+            + (f" (complete steps now: {', '.join(map(str, steps))})." if steps else ".")
+        )
 
 
-def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTree
-         ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load(
+    init_from: str, model_name: str, image_size: int, abstract_params: PyTree
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The parameters `init_from` gives a model whose params look like `abstract_params`, and
     the record of what was loaded (`path`, `step`, `digest`).
 
@@ -86,17 +95,19 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
     step = None
     source = paths.resolve(init_from)
     if source.is_file() and init_from.endswith(TIMM_SUFFIXES):
-        from nested_tnt_jax.models import convert  # Only fine-tuning from timm needs torch.
+        from nested_tnt_jax.models import convert  # noqa: PLC0415 (only fine-tuning from timm needs torch)
 
         try:
             loaded = convert.timm_to_flax(
-                convert.load_checkpoint_file(init_from), model_name, img_size=image_size)
+                convert.load_checkpoint_file(init_from), model_name, img_size=image_size
+            )
         except Exception as e:  # safetensors, torch's weights-only loader and zip raise many types.
             raise CheckpointError(
                 f"config.init_from {init_from!r} cannot be used for {model_name!r}: "
                 f"{checkpointing._brief(e, 600)}. Pass a timm checkpoint of this model "
                 "(safetensors, or a PyTorch file of plain tensors: nothing else is "
-                "unpickled).") from e
+                "unpickled)."
+            ) from e
     elif source.is_dir():
         _check_source_not_training(init_from)
         loaded, step = checkpointing.read_params(init_from)
@@ -108,8 +119,12 @@ def load(init_from: str, model_name: str, image_size: int, abstract_params: PyTr
         )
     taken = match(flax.core.unfreeze(loaded), abstract_params)
     record = {"path": str(source), "step": step, "digest": digest(taken)}
-    logging.info("init_from: loaded %s%s (params sha256 %s)", record["path"],
-                 "" if step is None else f" at step {step}", record["digest"][:16])
+    logging.info(
+        "init_from: loaded %s%s (params sha256 %s)",
+        record["path"],
+        "" if step is None else f" at step {step}",
+        record["digest"][:16],
+    )
     return taken, record
 
 
@@ -131,14 +146,16 @@ def match(loaded: PyTree, abstract: PyTree) -> dict[str, np.ndarray]:
     if problems:
         raise CheckpointError(
             "config.init_from does not match the model: "
-            + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else "")
+            + "; ".join(problems[:8])
+            + (" ..." if len(problems) > 8 else "")
             + ". Only the classifier head may differ. Use the same model.name, image_size and "
             "model.overrides (e.g. scan_blocks) as the run being loaded."
         )
     unused = sorted(set(loaded_flat) - set(abstract_flat))
     if unused:
-        logging.warning("init_from: %d checkpoint parameters unused, e.g. %s", len(unused),
-                        unused[:4])
+        logging.warning(
+            "init_from: %d checkpoint parameters unused, e.g. %s", len(unused), unused[:4]
+        )
     return taken
 
 

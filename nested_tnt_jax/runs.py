@@ -44,7 +44,8 @@ def read_config(workdir: str) -> dict[str, Any]:
         raise ConfigError(
             f"{workdir!r} is not a training run's workdir: {path} cannot be read ({e}). Pass "
             "--workdir=DIR with the directory given to `python -m nested_tnt_jax.main "
-            "--workdir=DIR` for a run that has started.") from None
+            "--workdir=DIR` for a run that has started."
+        ) from None
 
 
 def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -68,7 +69,7 @@ def model_overrides(name: str, flat: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in flat.items():
         if not key.startswith(prefix):
             continue
-        field = key[len(prefix):]
+        field = key[len(prefix) :]
         default = defaults.get(field)
         if isinstance(default, (bool, int, float)) and isinstance(value, (int, float)):
             value = type(default)(value)
@@ -80,8 +81,11 @@ def model_nesting(flat: Mapping[str, Any]) -> dict[str, Any]:
     """`model.nesting.*` of a recorded config, each cast back to its `Nesting` field's type."""
     prefix = "model.nesting."
     kinds = {f: type(v) for f, v in models.Nesting().to_dict().items()}
-    return {key[len(prefix):]: kinds[key[len(prefix):]](value) for key, value in flat.items()
-            if key.startswith(prefix) and key[len(prefix):] in kinds}
+    return {
+        key[len(prefix) :]: kinds[key[len(prefix) :]](value)
+        for key, value in flat.items()
+        if key.startswith(prefix) and key[len(prefix) :] in kinds
+    }
 
 
 def label_names(dataset: str, data_dir: str | None, num_classes: int) -> list[str]:
@@ -103,8 +107,14 @@ def label_names(dataset: str, data_dir: str | None, num_classes: int) -> list[st
 # Nominal full scale of the samples of Pillow's wide modes. Pillow opens 16-bit PNG and TIFF
 # as "I;16*" and 16-bit PGM as "I", so "I" is read as 16-bit too; float ("F") images hold
 # intensities in [0, 1], the convention of float TIFFs.
-_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
-               "I": 65535.0, "F": 1.0}
+_FULL_SCALE = {
+    "I;16": 65535.0,
+    "I;16B": 65535.0,
+    "I;16L": 65535.0,
+    "I;16N": 65535.0,
+    "I": 65535.0,
+    "F": 1.0,
+}
 # What a transparent pixel shows: a white page.
 _BACKGROUND = (255, 255, 255)
 
@@ -166,8 +176,14 @@ class Run:
         """uint8 host views (B, h, w, 3) -> the normalised float images the model takes."""
         batch = {"image": views, "label": np.zeros(len(views), np.int32)}
         inputs, _ = data.preprocess(
-            batch, jax.random.PRNGKey(0), train=False, image_size=self.image_size,
-            num_classes=self.info.num_classes, mean=self.info.mean, std=self.info.std)
+            batch,
+            jax.random.PRNGKey(0),
+            train=False,
+            image_size=self.image_size,
+            num_classes=self.info.num_classes,
+            mean=self.info.mean,
+            std=self.info.std,
+        )
         return inputs
 
     def picture(self, inputs: jax.Array) -> np.ndarray:
@@ -188,22 +204,33 @@ def load_run(workdir: str) -> Run:
             f"The run in {workdir!r} has no complete checkpoint yet (nothing under "
             f"{os.path.join(workdir, checkpointing.CHECKPOINT_DIR)}). Wait until the run "
             "saves one (every config.checkpoint_every_steps steps, and at the end), or point "
-            "--workdir at a finished run.")
+            "--workdir at a finished run."
+        )
     params, step = checkpointing.read_params(workdir)
     try:
         info = data.dataset_info(flat["dataset.name"])
         image_size = int(flat["image_size"])
         model = models.create_model(
-            flat["model.name"], num_classes=info.num_classes, img_size=image_size,
-            nesting=model_nesting(flat), **model_overrides(flat["model.name"], flat))
+            flat["model.name"],
+            num_classes=info.num_classes,
+            img_size=image_size,
+            nesting=model_nesting(flat),
+            **model_overrides(flat["model.name"], flat),
+        )
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(
             f"The config.json of {workdir!r} does not describe a model this program can build "
             f"({e}). It was written by another version of nested_tnt_jax, or edited; use a "
-            "run trained with this version.") from None
+            "run trained with this version."
+        ) from None
     data_dir = flat.get("dataset.data_dir")
     return Run(
-        workdir=workdir, step=step, model_name=flat["model.name"], model=model, params=params, info=info,
+        workdir=workdir,
+        step=step,
+        model_name=flat["model.name"],
+        model=model,
+        params=params,
+        info=info,
         labels=label_names(info.name, data_dir or None, info.num_classes),
         image_size=image_size,
         host_size=int(flat.get("input.host_image_size") or 0) or image_size,

@@ -2,7 +2,8 @@
 
 One (data, model) mesh: the batch dimension is split over the `data` axis; a `model` axis
 larger than 1 shards parameters and optimiser state (FSDP style), 1 replicates them. Each
-process holds `global_batch // process_count` examples and `jax.make_array_from_process_local_data` stitches them into one global array.
+process holds `global_batch // process_count` examples and
+`jax.make_array_from_process_local_data` stitches them into one global array.
 """
 
 from __future__ import annotations
@@ -47,12 +48,18 @@ def check_config(config: Any) -> None:
     train batch also into `optim.grad_accum_steps` micro-batches). Before any compilation."""
     devices, processes = jax.device_count(), jax.process_count()
     model_axis = config.mesh.model_axis
-    check_range("mesh.model_axis", model_axis, low=1, integer=True,
-                hint="devices per parameter shard group; 1 replicates parameters")
+    check_range(
+        "mesh.model_axis",
+        model_axis,
+        low=1,
+        integer=True,
+        hint="devices per parameter shard group; 1 replicates parameters",
+    )
     if devices % model_axis:
         raise ConfigError(
             f"config.mesh.model_axis is {model_axis}, which does not divide the {devices} "
-            f"devices. Set it to a divisor of {devices} (1: replicated parameters).")
+            f"devices. Set it to a divisor of {devices} (1: replicated parameters)."
+        )
     data_devices = devices // model_axis
     accum = config.optim.grad_accum_steps
     unit = math.lcm(data_devices, processes) * accum
@@ -62,13 +69,15 @@ def check_config(config: Any) -> None:
             f"config.batch_size is {batch}, which does not split into {accum} "
             f"micro-batch(es) over {data_devices} data-parallel device(s) and {processes} "
             f"process(es): it must be a positive multiple of {unit}. Set batch_size to e.g. "
-            f"{max(1, round(batch / unit)) * unit}.")
+            f"{max(1, round(batch / unit)) * unit}."
+        )
     eval_unit = math.lcm(data_devices, processes)
     eval_batch = config.eval_batch_size
     if not isinstance(eval_batch, int) or eval_batch < 0 or (eval_batch or batch) % eval_unit:
         raise ConfigError(
             f"config.eval_batch_size is {eval_batch} (0 means batch_size), which must be a "
-            f"multiple of {eval_unit} (the data-parallel devices and processes).")
+            f"multiple of {eval_unit} (the data-parallel devices and processes)."
+        )
 
 
 # Parameter sharding (train side). A second mesh axis `model` lets large models shard their

@@ -48,8 +48,9 @@ def create_train_state(
     params: PyTree, tx: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
     """Step 0 state around `params` (fresh or pre-trained)."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng
+    )
 
 
 def _step_rngs(rng: jax.Array, step: jax.Array) -> dict[str, jax.Array]:
@@ -95,7 +96,9 @@ def train_step(
         keys = {k: jax.random.fold_in(v, index) for k, v in rngs.items()}
         images, targets = preprocess(micro, keys["mix"], True)
         logits = model.apply(
-            {"params": params}, images, train=True,
+            {"params": params},
+            images,
+            train=True,
             rngs={"dropout": keys["dropout"], "noise": keys["noise"]},
         )
         loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -106,6 +109,7 @@ def train_step(
     if grad_accum_steps == 1:
         (loss, accuracy), grads = grad_fn(state.params, batch, 0)
     else:
+
         def accumulate(carry, xs):
             index, micro = xs
             (loss, correct), grads = grad_fn(state.params, micro, index)
@@ -113,11 +117,13 @@ def train_step(
 
         zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
         (loss, accuracy, grads), _ = jax.lax.scan(
-            accumulate, zeros,
+            accumulate,
+            zeros,
             (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps)),
         )
         loss, accuracy, grads = jax.tree.map(
-            lambda x: x / grad_accum_steps, (loss, accuracy, grads))
+            lambda x: x / grad_accum_steps, (loss, accuracy, grads)
+        )
 
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

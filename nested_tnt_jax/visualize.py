@@ -40,10 +40,11 @@ import jax
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from nested_tnt_jax import cli, errors, models, runs, xla_options  # noqa: E402
+from nested_tnt_jax import cli, errors, models, runs, xla_options
+
 # Colour maps: attention over even attention (a ratio, log scale) and correlations (-1..1).
 RATIO_CMAP = "RdBu_r"
 CORRELATION_CMAP = "RdBu_r"
@@ -82,7 +83,8 @@ def attention_logits(
     for path, (logits,) in flat.items():
         block, module = path[-3], path[-2]
         found.setdefault(chains[module], {})[int(re.fullmatch(r"blocks_(\d+)", block)[1])] = (
-            np.asarray(logits, np.float32))
+            np.asarray(logits, np.float32)
+        )
     return {chain: [layers[i] for i in sorted(layers)] for chain, layers in found.items()}
 
 
@@ -94,11 +96,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def class_token_maps(layers: Sequence[np.ndarray], grid: int, index: int = 0) -> np.ndarray:
     """(layers, heads, grid, grid): attention of the class token over the patches of image
     `index` (the class token's weight on itself is left out, so maps need not sum to 1)."""
-    return np.stack([softmax(l[index])[:, 0, 1:].reshape(-1, grid, grid) for l in layers])
+    return np.stack([softmax(layer[index])[:, 0, 1:].reshape(-1, grid, grid) for layer in layers])
 
 
-def word_maps(layers: Sequence[np.ndarray], grid: int, words: int, index: int = 0,
-              query: int | None = None) -> np.ndarray:
+def word_maps(
+    layers: Sequence[np.ndarray], grid: int, words: int, index: int = 0, query: int | None = None
+) -> np.ndarray:
     """(layers, heads, grid * words, grid * words): inner attention of image `index`.
 
     Each patch's tile shows the attention to its words, from word `query` (0-based, row-major)
@@ -108,7 +111,7 @@ def word_maps(layers: Sequence[np.ndarray], grid: int, words: int, index: int = 
     check_query(query, words)
     maps = []
     for logits in layers:
-        attn = softmax(logits[index * n:(index + 1) * n])  # (patches, heads, words, words)
+        attn = softmax(logits[index * n : (index + 1) * n])  # (patches, heads, words, words)
         attn = attn.mean(axis=2) if query is None else attn[:, :, query]
         heads = attn.shape[1]
         tiles = attn.reshape(grid, grid, heads, words, words).transpose(2, 0, 3, 1, 4)
@@ -121,7 +124,8 @@ def check_query(query: int | None, words: int) -> None:
     if query is not None and not 0 <= query < words * words:
         raise errors.ConfigError(
             f"query word {query + 1} does not exist: a patch has {words * words} words "
-            f"({words}x{words}, numbered row by row from 1); pick one in 1..{words * words}.")
+            f"({words}x{words}, numbered row by row from 1); pick one in 1..{words * words}."
+        )
 
 
 def head_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -155,7 +159,8 @@ def parse_selection(spec: str | None, count: int, what: str) -> list[int] | None
             raise errors.ConfigError(
                 f"--{what}={spec!r} does not select {what} of this model: it has {count} "
                 f"{what}, numbered 1..{count}; give numbers or ranges in that span, comma "
-                f"separated, e.g. --{what}=1,{count} or --{what}=1-{min(count, 3)}.")
+                f"separated, e.g. --{what}=1,{count} or --{what}=1-{min(count, 3)}."
+            )
         chosen.extend(i - 1 for i in range(first, last + 1) if i - 1 not in chosen)
     return chosen
 
@@ -178,8 +183,9 @@ def _title(fig, text: str, width_in: float) -> None:
 
 def _image_panel(ax, picture: np.ndarray) -> None:
     ax.imshow(picture, interpolation="nearest")
-    ax.set_title(f"input as the model sees it\n({picture.shape[1]}x{picture.shape[0]} px)",
-                 fontsize=8)
+    ax.set_title(
+        f"input as the model sees it\n({picture.shape[1]}x{picture.shape[0]} px)", fontsize=8
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -204,20 +210,26 @@ def _ratio_ticks(span: float) -> tuple[list[float], list[str]]:
     top = int(np.floor(np.log2(span) + 1e-9))
     step = 1 if top <= 2 else 2
     powers = [p for p in range(-top, top + 1) if p % step == 0]
-    return ([2.0**p for p in powers],
-            [f"{2**p}" if p >= 0 else f"1/{2**-p}" for p in powers])
+    return ([2.0**p for p in powers], [f"{2**p}" if p >= 0 else f"1/{2**-p}" for p in powers])
 
 
-def overlay_figure(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
-                   heads: Sequence[int], title: str, uniform: float,
-                   borders: int | None = None) -> matplotlib.figure.Figure:
+def overlay_figure(
+    picture: np.ndarray,
+    maps: np.ndarray,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    title: str,
+    uniform: float,
+    borders: int | None = None,
+) -> matplotlib.figure.Figure:
     """The figure of `plot_overlays` (see there)."""
     rows, cols = maps.shape[:2]
     height, width = picture.shape[:2]
     size = 1.7
     width_in = size * (cols + 1) + 1.2
-    fig, axes = plt.subplots(rows, cols + 1, figsize=(width_in, size * rows + 2.0),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols + 1, figsize=(width_in, size * rows + 2.0), squeeze=False, layout="constrained"
+    )
     _image_panel(axes[0, 0], picture)
     for ax in axes[1:, 0]:
         ax.axis("off")
@@ -230,8 +242,13 @@ def overlay_figure(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
         for c, head in enumerate(heads):
             ax = axes[r, c + 1]
             ax.imshow(grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            shown = ax.imshow(ratios[r, c], cmap=cmap, norm=norm, interpolation="nearest",
-                              extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+            shown = ax.imshow(
+                ratios[r, c],
+                cmap=cmap,
+                norm=norm,
+                interpolation="nearest",
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+            )
             if borders:
                 for x in range(borders, width, borders):
                     ax.axvline(x - 0.5, color="white", linewidth=0.6)
@@ -245,11 +262,15 @@ def overlay_figure(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
                 ax.set_title(f"head {head + 1}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"layer {layer + 1}", fontsize=8)
-    extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
-              (True, True): "both"}[(float(ratios.min()) < 1.0 / span,
-                                     float(ratios.max()) > span)]
-    bar = fig.colorbar(shown, ax=list(axes[:, 1:].ravel()), location="bottom", shrink=0.9,
-                       aspect=30, extend=extend)
+    extend = {
+        (False, False): "neither",
+        (True, False): "min",
+        (False, True): "max",
+        (True, True): "both",
+    }[(float(ratios.min()) < 1.0 / span, float(ratios.max()) > span)]
+    bar = fig.colorbar(
+        shown, ax=list(axes[:, 1:].ravel()), location="bottom", shrink=0.9, aspect=30, extend=extend
+    )
     ticks, labels = _ratio_ticks(span)
     bar.set_ticks(ticks, labels=labels)
     bar.ax.minorticks_off()
@@ -259,9 +280,16 @@ def overlay_figure(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
     return fig
 
 
-def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
-                  heads: Sequence[int], title: str, path: str, uniform: float,
-                  borders: int | None = None) -> int:
+def plot_overlays(
+    picture: np.ndarray,
+    maps: np.ndarray,
+    layers: Sequence[int],
+    heads: Sequence[int],
+    title: str,
+    path: str,
+    uniform: float,
+    borders: int | None = None,
+) -> int:
     """Saves `maps` (rows, cols, h, w) of attention weights laid over `picture` (H, W, 3 in
     [0, 1], drawn in grey), one panel per (layer, head), the input image first. Each weight is
     drawn as its ratio to `uniform` (the weight of attention spread evenly) in
@@ -277,8 +305,9 @@ def plot_overlays(picture: np.ndarray, maps: np.ndarray, layers: Sequence[int],
     return maps.shape[0] * maps.shape[1]
 
 
-def plot_correlations(matrices: Sequence[np.ndarray], layers: Sequence[int], title: str,
-                      path: str) -> int:
+def plot_correlations(
+    matrices: Sequence[np.ndarray], layers: Sequence[int], title: str, path: str
+) -> int:
     """Saves one heads x heads heatmap (colour scale -1..1) per adjacent layer pair
     (`layers[i]` -> `layers[i] + 1`, 0-based, titled from 1); returns the number of pairs."""
     fig = correlation_figure(matrices, layers, title)
@@ -287,20 +316,21 @@ def plot_correlations(matrices: Sequence[np.ndarray], layers: Sequence[int], tit
     return len(matrices)
 
 
-def correlation_figure(matrices: Sequence[np.ndarray], layers: Sequence[int],
-                       title: str) -> matplotlib.figure.Figure:
+def correlation_figure(
+    matrices: Sequence[np.ndarray], layers: Sequence[int], title: str
+) -> matplotlib.figure.Figure:
     """The figure of `plot_correlations` (see there)."""
     cols = min(len(matrices), PAIRS_PER_ROW)
     rows = -(-len(matrices) // cols)
     size = 2.3
     width_in = max(4.5, size * cols + 1.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(width_in, size * rows + 1.2),
-                             squeeze=False, layout="constrained")
-    for ax in axes.ravel()[len(matrices):]:
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width_in, size * rows + 1.2), squeeze=False, layout="constrained"
+    )
+    for ax in axes.ravel()[len(matrices) :]:
         ax.axis("off")
     for ax, layer, m in zip(axes.ravel(), layers, matrices):
-        shown = ax.imshow(m, cmap=CORRELATION_CMAP, vmin=-1.0, vmax=1.0,
-                          interpolation="nearest")
+        shown = ax.imshow(m, cmap=CORRELATION_CMAP, vmin=-1.0, vmax=1.0, interpolation="nearest")
         ax.set_title(f"layer {layer + 1} -> {layer + 2}", fontsize=8)
         ax.set_xlabel(f"head of layer {layer + 2}", fontsize=7)
         ax.set_ylabel(f"head of layer {layer + 1}", fontsize=7)
@@ -316,9 +346,18 @@ def correlation_figure(matrices: Sequence[np.ndarray], layers: Sequence[int],
 _KEY = "\nred: more than even, blue: less, clear: even (the image shows through)"
 
 
-def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray,
-           out_dir: str, *, query: int | None = None, layers: Sequence[int] | None = None,
-           heads: Sequence[int] | None = None, caption: str = "") -> dict[str, int]:
+def render(
+    model: nn.Module,
+    params: Any,
+    inputs: jax.Array,
+    picture: np.ndarray,
+    out_dir: str,
+    *,
+    query: int | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    caption: str = "",
+) -> dict[str, int]:
     """Writes the PNGs for the first of `inputs` (normalised, at the model's size) to `out_dir`.
 
     `picture` is that image in [0, 1] RGB for display; `layers` / `heads` (0-based; None: all)
@@ -339,7 +378,8 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
         if not chosen[chain]:
             raise errors.ConfigError(
                 f"--heads selects none of the {count} heads of the {_chain_words(model, chain)}"
-                f"; pick heads in 1..{count} too.")
+                f"; pick heads in 1..{count} too."
+            )
     os.makedirs(out_dir, exist_ok=True)
     chains = attention_logits(model, params, inputs)
     grid = model.img_size // model.patch_size
@@ -351,43 +391,71 @@ def render(model: nn.Module, params: Any, inputs: jax.Array, picture: np.ndarray
 
     path = os.path.join(out_dir, "outer_attention.png")
     written[path] = plot_overlays(
-        picture, pick(class_token_maps(chains["outer"], grid), "outer"), layers,
-        chosen["outer"], f"Class-token {_chain_words(model, 'outer')}: the weight the class "
+        picture,
+        pick(class_token_maps(chains["outer"], grid), "outer"),
+        layers,
+        chosen["outer"],
+        f"Class-token {_chain_words(model, 'outer')}: the weight the class "
         f"token gives each patch, per layer and head, against even attention{_KEY}{suffix}",
         path,
-        uniform=1.0 / (grid * grid + 1))
+        uniform=1.0 / (grid * grid + 1),
+    )
     if "inner" in chains:
-        which = ("mean over its query words" if query is None
-                 else f"from word {query + 1} of each patch")
+        which = (
+            "mean over its query words" if query is None else f"from word {query + 1} of each patch"
+        )
         path = os.path.join(out_dir, "inner_attention.png")
         maps = word_maps(chains["inner"], grid, words, query=query)
         written[path] = plot_overlays(
-            picture, pick(maps, "inner"), layers, chosen["inner"],
+            picture,
+            pick(maps, "inner"),
+            layers,
+            chosen["inner"],
             f"Inner attention: within each patch (white borders), the weight on each of its "
-            f"{words}x{words} words ({which}), against even attention{_KEY}{suffix}", path,
+            f"{words}x{words} words ({which}), against even attention{_KEY}{suffix}",
+            path,
             uniform=1.0 / words**2,
-            borders=model.patch_size)
+            borders=model.patch_size,
+        )
     for chain, logits in sorted(chains.items()):
-        pairs = [l for l in layers if l + 1 < depth]
+        pairs = [layer for layer in layers if layer + 1 < depth]
         if not pairs:
             continue
         path = os.path.join(out_dir, f"correlation_{chain}.png")
-        matrices = [head_correlation(logits[l], logits[l + 1]) for l in pairs]
+        matrices = [head_correlation(logits[i], logits[i + 1]) for i in pairs]
         written[path] = plot_correlations(
-            matrices, pairs, f"{_chain_words(model, chain).capitalize()}: correlation of each "
-            f"head's attention logits with each head's of the next layer{suffix}", path)
+            matrices,
+            pairs,
+            f"{_chain_words(model, chain).capitalize()}: correlation of each "
+            f"head's attention logits with each head's of the next layer{suffix}",
+            path,
+        )
     return written
 
 
-def visualize(workdir: str, image_path: str, out_dir: str, query: int | None = None,
-              layers: Sequence[int] | None = None,
-              heads: Sequence[int] | None = None) -> dict[str, int]:
+def visualize(
+    workdir: str,
+    image_path: str,
+    out_dir: str,
+    query: int | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+) -> dict[str, int]:
     """`render` for the run in `workdir` on the image file `image_path`, seen as in eval."""
     run = runs.load_run(workdir)
     inputs = run.inputs(run.view(image_path)[None])
     caption = f"{run.model_name}, checkpoint at step {run.step}"
-    return render(run.model, run.params, inputs, run.picture(inputs)[0], out_dir, query=query,
-                  layers=layers, heads=heads, caption=caption)
+    return render(
+        run.model,
+        run.params,
+        inputs,
+        run.picture(inputs)[0],
+        out_dir,
+        query=query,
+        layers=layers,
+        heads=heads,
+        caption=caption,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -396,19 +464,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nested_tnt_jax.visualize",
         description="Attention maps over the image, per layer and head, and the head-logit "
-                    "correlation of adjacent layers, of a trained run on one image.")
+        "correlation of adjacent layers, of a trained run on one image.",
+    )
     parser.add_argument("--workdir", required=True, help="the training run's workdir")
     parser.add_argument("--image", required=True, help="an image file (any format Pillow reads)")
     parser.add_argument("--out", required=True, help="directory for the PNGs")
-    parser.add_argument("--layers", default="",
-                        help="layers to draw, from 1, e.g. 1,6,12 or 1-4 (default: all)")
-    parser.add_argument("--heads", default="",
-                        help="heads to draw, from 1, e.g. 1,2 or 1-3 (default: all)")
-    parser.add_argument("--query_word", type=int, default=None,
-                        help="inner attention from this word of each patch (numbered row by "
-                             "row from 1) instead of the mean over its words")
-    parser.add_argument("-v", "--verbosity", type=int, default=0,
-                        help="absl's verbosity: 1 also shows the libraries' log lines")
+    parser.add_argument(
+        "--layers", default="", help="layers to draw, from 1, e.g. 1,6,12 or 1-4 (default: all)"
+    )
+    parser.add_argument(
+        "--heads", default="", help="heads to draw, from 1, e.g. 1,2 or 1-3 (default: all)"
+    )
+    parser.add_argument(
+        "--query_word",
+        type=int,
+        default=None,
+        help="inner attention from this word of each patch (numbered row by "
+        "row from 1) instead of the mean over its words",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        default=0,
+        help="absl's verbosity: 1 also shows the libraries' log lines",
+    )
     args = parser.parse_args(argv)
     cli.setup_logging(args.verbosity)
     with cli.explained():
@@ -419,9 +499,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         query = None if args.query_word is None else args.query_word - 1
         inputs = run.inputs(run.view(args.image)[None])
         print(f"{run.workdir}: {run.model_name}, checkpoint at step {run.step}")
-        written = render(model, run.params, inputs, run.picture(inputs)[0], args.out,
-                         query=query, layers=layers, heads=heads,
-                         caption=f"{run.model_name}, checkpoint at step {run.step}")
+        written = render(
+            model,
+            run.params,
+            inputs,
+            run.picture(inputs)[0],
+            args.out,
+            query=query,
+            layers=layers,
+            heads=heads,
+            caption=f"{run.model_name}, checkpoint at step {run.step}",
+        )
     for path, panels in written.items():
         print(f"{path} ({panels} panels)")
     return 0

@@ -52,9 +52,16 @@ INIT_RECORD = "init_from_loaded"
 
 # Config fields a resumed run may change: none of them alters the training steps.
 RESUMABLE = (
-    "eval_every_steps", "log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep",
-    "eval_batch_size", "dataset.data_dir", "input.worker_count", "input.prefetch",
-    "mesh.model_axis", "lock_timeout_s",
+    "eval_every_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "eval_batch_size",
+    "dataset.data_dir",
+    "input.worker_count",
+    "input.prefetch",
+    "mesh.model_axis",
+    "lock_timeout_s",
 )
 
 
@@ -70,8 +77,10 @@ def describe_holder(holder: dict[str, Any]) -> str:
     """`pid 123 on host h, since 2024-01-01 12:00:00` (what is known of a lock's holder)."""
     if not holder:
         return "a trainer that is just starting"
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
-            f"{holder.get('started', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
+        f"{holder.get('started', '?')}"
+    )
 
 
 def lock_holder(workdir: str) -> dict[str, Any] | None:
@@ -129,7 +138,8 @@ class Lock:
                 raise ConfigError(
                     f"The workdir {self.workdir!r} is in use by another trainer "
                     f"({describe_holder(holder)}); only one may write a workdir. Wait for it "
-                    "to finish (or stop it), or pass another --workdir.") from None
+                    "to finish (or stop it), or pass another --workdir."
+                ) from None
             # A refused trainer may have removed the file between our open and our lock.
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break
@@ -137,8 +147,11 @@ class Lock:
         if not existed:
             self._created.append(self.path)
         self._fd = fd
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         return self
@@ -188,7 +201,7 @@ class CloudLock:
     def __init__(self, workdir: str, timeout_s: float = 300.0):
         self.workdir = workdir
         self.timeout_s = timeout_s
-        bucket, _, prefix = workdir[len(paths.CLOUD_PREFIX):].partition("/")
+        bucket, _, prefix = workdir[len(paths.CLOUD_PREFIX) :].partition("/")
         self._bucket = bucket
         self._name = f"{prefix.rstrip('/')}/{LOCK_FILE}" if prefix.strip("/") else LOCK_FILE
         self._record: dict[str, Any] = {}
@@ -239,14 +252,20 @@ class CloudLock:
         new generation. Raises google's PreconditionFailed otherwise."""
         self._record["heartbeat"] = time.time()
         blob = self._blob()
-        blob.upload_from_string(json.dumps(self._record), content_type="application/json",
-                                if_generation_match=generation)
+        blob.upload_from_string(
+            json.dumps(self._record),
+            content_type="application/json",
+            if_generation_match=generation,
+        )
         return int(blob.generation)
 
     def acquire(self) -> "CloudLock":
         exceptions = _api_exceptions()
-        self._record = {"pid": os.getpid(), "host": socket.gethostname(),
-                        "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+        self._record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        }
         try:
             while self._generation is None:
                 found = self._read()
@@ -262,21 +281,28 @@ class CloudLock:
                             f"({describe_holder(holder)}); only one may write a workdir. Wait "
                             "for it to finish (or stop it), or pass another --workdir. A "
                             f"holder that died is taken over after lock_timeout_s "
-                            f"({self.timeout_s:g} s) without a heartbeat.")
+                            f"({self.timeout_s:g} s) without a heartbeat."
+                        )
                     self._generation = self._write(generation)
-                    logging.warning("Took over the lock of %s from %s: %s.", self.workdir,
-                                    describe_holder(holder), why)
+                    logging.warning(
+                        "Took over the lock of %s from %s: %s.",
+                        self.workdir,
+                        describe_holder(holder),
+                        why,
+                    )
                 except exceptions.PreconditionFailed:
                     continue  # Another trainer wrote the lock meanwhile: look again.
         except exceptions.NotFound:
             raise ConfigError(
                 f"The bucket of the workdir {self.workdir!r} does not exist (or this account "
                 f"cannot see it). Create it (gcloud storage buckets create gs://{self._bucket})"
-                " or pass another --workdir.") from None
+                " or pass another --workdir."
+            ) from None
         except exceptions.GoogleAPICallError as e:
             raise ConfigError(
                 f"The lock of the workdir {self.workdir!r} cannot be written ({e.message}). "
-                "Check the account's access to the bucket, or pass another --workdir.") from None
+                "Check the account's access to the bucket, or pass another --workdir."
+            ) from None
         self._stop.clear()
         self._beat = threading.Thread(target=self._renew, name="workdir-lock", daemon=True)
         self._beat.start()
@@ -292,8 +318,10 @@ class CloudLock:
                 logging.error(
                     "The lock of %s was taken over by %s while this trainer held it (no "
                     "heartbeat reached Cloud Storage for lock_timeout_s); this trainer stops now, "
-                    "writing nothing more.", self.workdir,
-                    describe_holder(found[0]) if found else "another trainer")
+                    "writing nothing more.",
+                    self.workdir,
+                    describe_holder(found[0]) if found else "another trainer",
+                )
                 os._exit(EXIT_RUN_ERROR)
             except Exception as e:  # noqa: BLE001 (a failed renewal is retried at the next beat)
                 logging.warning("Could not renew the lock of %s (%s); retrying.", self.workdir, e)
@@ -351,14 +379,19 @@ def check_resume(workdir: str, config) -> list[str]:
     old = nesting.from_legacy(_flat(recorded))
     new = _flat(json.loads(config.to_json_best_effort()))
     if new.get("num_train_steps", 0) > 0 and new.get("num_train_steps") == old.get(
-            "num_train_steps"):
+        "num_train_steps"
+    ):
         old.pop("num_epochs", None)  # Ignored when the steps are set.
         new.pop("num_epochs", None)
     accepted, refused = [], []
     for field in sorted(set(old) | set(new)):
         if field not in old:
-            logging.info("config.%s is not in %s's config.json (recorded by an older "
-                         "version); using %r.", field, workdir, new[field])
+            logging.info(
+                "config.%s is not in %s's config.json (recorded by an older version); using %r.",
+                field,
+                workdir,
+                new[field],
+            )
             continue
         if old[field] == new.get(field, "(absent)"):
             continue
@@ -370,12 +403,16 @@ def check_resume(workdir: str, config) -> list[str]:
             " A run's length cannot change on resume: its learning-rate schedule decays to "
             "zero at the last step. For a longer run, train it in a new --workdir (with the "
             "new num_train_steps), or start a new --workdir from this run's weights with "
-            f"--config.init_from={workdir}." if length else "")
+            f"--config.init_from={workdir}."
+            if length
+            else ""
+        )
         raise ConfigError(
             f"The workdir {workdir!r} holds a run with another config, which this command "
             f"would change: {'; '.join(refused)}.{longer} Resume with the run's own config "
             f"({os.path.join(workdir, CONFIG_FILE)}), or pass another --workdir for a new run. "
-            f"Only {', '.join(RESUMABLE)} may change on resume.")
+            f"Only {', '.join(RESUMABLE)} may change on resume."
+        )
     for change in accepted:
         logging.info("Resuming with config.%s", change)
     return accepted

@@ -30,8 +30,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = "tests/cli_config.py"
 STEPS = 12
 # results.json entries that depend on the training alone (not on timing or on a resume).
-RESULT_METRICS = ("test_top1", "test_top5", "test_loss", "test_examples", "num_params",
-                  "steps", "last_checkpoint_step")
+RESULT_METRICS = (
+    "test_top1",
+    "test_top5",
+    "test_loss",
+    "test_examples",
+    "num_params",
+    "steps",
+    "last_checkpoint_step",
+)
 
 
 def session_dir(tmp_path_factory, name: str) -> pathlib.Path:
@@ -44,8 +51,11 @@ def environment(tmp_path_factory, devices: int = 8) -> dict[str, str]:
     """The subprocess environment: `devices` simulated CPU devices, the session's compilation
     cache, and compile logging (so that a test can tell that nothing was compiled)."""
     env = dict(os.environ)
-    xla = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+    xla = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     env.update(
         XLA_FLAGS=" ".join([*xla, f"--xla_force_host_platform_device_count={devices}"]),
         JAX_PLATFORMS="cpu",
@@ -60,15 +70,23 @@ def environment(tmp_path_factory, devices: int = 8) -> dict[str, str]:
 def command(workdir, *flags: str, config_args: str = "") -> list[str]:
     """`python -m nested_tnt_jax.main` on the test config, with extra `flags`."""
     config = f"{CONFIG}:{config_args}" if config_args else CONFIG
-    return [sys.executable, "-m", "nested_tnt_jax.main", f"--config={config}",
-            f"--workdir={workdir}", *flags]
+    return [
+        sys.executable,
+        "-m",
+        "nested_tnt_jax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
 
 
-def run(cmd: list[str], env: dict[str, str], timeout: float = 400, **kwargs
-        ) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], env: dict[str, str], timeout: float = 400, **kwargs
+) -> subprocess.CompletedProcess:
     """Runs `cmd` to completion from the repository root, capturing text output."""
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def start(cmd: list[str], env: dict[str, str], log: pathlib.Path) -> subprocess.Popen:
@@ -77,8 +95,9 @@ def start(cmd: list[str], env: dict[str, str], log: pathlib.Path) -> subprocess.
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_until(proc: subprocess.Popen, log, ready: Callable[[], bool], what: str,
-               timeout: float = 400) -> None:
+def wait_until(
+    proc: subprocess.Popen, log, ready: Callable[[], bool], what: str, timeout: float = 400
+) -> None:
     """Polls `ready()` until it holds, failing if the running `proc` exits first."""
     deadline = time.monotonic() + timeout
     while not ready():
@@ -110,8 +129,7 @@ def _locked(path: pathlib.Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def shared_run(tmp_path_factory, name: str, make: Callable[[pathlib.Path], None]
-               ) -> pathlib.Path:
+def shared_run(tmp_path_factory, name: str, make: Callable[[pathlib.Path], None]) -> pathlib.Path:
     """`make(workdir)` once per session for all xdist workers (under a lock); the workdir.
 
     Read only: tests copy what they change. A run is complete once it has results.json.
@@ -152,23 +170,28 @@ def copy_run(source, workdir) -> pathlib.Path:
 def snapshot(workdir) -> dict[str, bytes]:
     """Every file under `workdir` by relative path, with its contents."""
     root = pathlib.Path(workdir)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def hold_lock(workdir) -> subprocess.Popen:
     """Another process that holds `workdir`'s trainer lock (as a running trainer does) until
     killed; returns once it holds it."""
-    code = ("import sys, time; from nested_tnt_jax import workdir; "
-            "workdir.Lock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(workdir)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from nested_tnt_jax import workdir; "
+        "workdir.Lock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-def copy_checkpoints(source, workdir, steps: list[int] | None = None,
-                     config: bool = False) -> pathlib.Path:
+def copy_checkpoints(
+    source, workdir, steps: list[int] | None = None, config: bool = False
+) -> pathlib.Path:
     """A fresh `workdir` holding `source`'s checkpoints (only `steps`, if given), and its
     config.json if `config` (a run stopped there, as the trainer leaves it)."""
     target = pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR

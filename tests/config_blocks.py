@@ -11,8 +11,13 @@ def blocks(name, data_dir, **fields):
     of the three blocks) set."""
     config = common.base_config()
     info = data.dataset_info(name)
-    config.dataset.update(name=name, data_dir=str(data_dir), train_split=info.train_split,
-                          eval_split=info.eval_split, test_split=info.test_split)
+    config.dataset.update(
+        name=name,
+        data_dir=str(data_dir),
+        train_split=info.train_split,
+        eval_split=info.eval_split,
+        test_split=info.test_split,
+    )
     config.augment.crop = info.crop
     chosen = (config.dataset, config.augment, config.input)
     for field, value in fields.items():

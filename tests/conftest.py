@@ -69,3 +69,21 @@ def shared_tfds() -> pathlib.Path:
             f"(../shared/tfds beside the repository, or ${shared_data.ENV})"
         )
     return path
+
+
+# The CLI tests' shared pieces (tests/cli_runs.py): imported when first used, after the
+# environment above is set.
+@pytest.fixture(scope="module")
+def reference(shared_tfds, tmp_path_factory):
+    """The uninterrupted run of the CLI test config, made once per session."""
+    import cli_runs
+
+    return cli_runs.reference_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def env(shared_tfds, tmp_path_factory):
+    """The CLI subprocesses' environment; the runs read the shared CIFAR-10."""
+    import cli_runs
+
+    return cli_runs.environment(tmp_path_factory)

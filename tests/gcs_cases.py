@@ -44,7 +44,7 @@ def emulator(tmp_path_factory):
     server.create_bucket(BUCKET)
     local_data = root / "tfds"
     prepare_device.write_subset(shared_data.shared_tfds(), local_data, SUBSET)
-    gcsfs.GCSFileSystem().put(f"{local_data}/", DATA[len("gs://"):], recursive=True)
+    gcsfs.GCSFileSystem().put(f"{local_data}/", DATA[len("gs://") :], recursive=True)
     server.local_data = local_data
     yield server
     server.stop()
@@ -56,8 +56,11 @@ def env(tmp_path_factory, emulator):
 
 
 def run(workdir: str, env, *flags: str, data_dir: str = DATA, timeout: float = 400):
-    return cli_runs.run(cli_runs.command(workdir, f"--config.dataset.data_dir={data_dir}",
-                                         *flags), env, timeout=timeout)
+    return cli_runs.run(
+        cli_runs.command(workdir, f"--config.dataset.data_dir={data_dir}", *flags),
+        env,
+        timeout=timeout,
+    )
 
 
 def path(url: str) -> epath.Path:
@@ -90,8 +93,13 @@ def test_quick_start_on_cloud_storage_equals_local(gcs_run, emulator, env, tmp_p
     for key in cli_runs.RESULT_METRICS:
         assert results(gcs_run)[key] == results(str(local))[key], key
     names = {p.name for p in path(gcs_run).iterdir()}
-    assert {"config.json", "history.jsonl", "results.json", "parameters.txt",
-            "checkpoints"} <= names
+    assert {
+        "config.json",
+        "history.jsonl",
+        "results.json",
+        "parameters.txt",
+        "checkpoints",
+    } <= names
     assert any(n.startswith("events.out.tfevents.") for n in names)
     assert "trainer.lock" not in names  # A clean exit removes the lock.
 
@@ -100,8 +108,9 @@ def test_events_on_cloud_storage_read_back(gcs_run):
     event_file = next(p for p in path(gcs_run).iterdir() if "tfevents" in p.name)
     local = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"events-{os.getpid()}"
     local.write_bytes(event_file.read_bytes())
-    tags = {v.tag for e in event_file_loader.EventFileLoader(str(local)).Load()
-            for v in e.summary.value}
+    tags = {
+        v.tag for e in event_file_loader.EventFileLoader(str(local)).Load() for v in e.summary.value
+    }
     local.unlink()
     assert {"train/loss", "eval/top1", "test/top1"} <= tags
 
@@ -109,8 +118,7 @@ def test_events_on_cloud_storage_read_back(gcs_run):
 def test_killed_run_resumes_exactly(gcs_run, env, tmp_path):
     workdir = f"gs://{BUCKET}/killed"
     log = tmp_path / "killed.log"
-    proc = cli_runs.start(cli_runs.command(workdir, f"--config.dataset.data_dir={DATA}"), env,
-                          log)
+    proc = cli_runs.start(cli_runs.command(workdir, f"--config.dataset.data_dir={DATA}"), env, log)
     # Orbax writes commit_success.txt last on Cloud Storage: one object to poll.
     marker = path(workdir) / checkpointing.CHECKPOINT_DIR / "3" / "commit_success.txt"
     cli_runs.wait_until(proc, log, marker.exists, "checkpoint 3")
@@ -136,8 +144,9 @@ def test_a_step_without_its_commit_mark_is_not_resumed_from(gcs_run, env):
     workdir = f"gs://{BUCKET}/uncommitted"
     fs = gcsfs.GCSFileSystem()
     for step in ("6", "9"):
-        fs.copy(f"{gcs_run[5:]}/checkpoints/{step}", f"{workdir[5:]}/checkpoints/{step}",
-                recursive=True)
+        fs.copy(
+            f"{gcs_run[5:]}/checkpoints/{step}", f"{workdir[5:]}/checkpoints/{step}", recursive=True
+        )
     fs.copy(f"{gcs_run[5:]}/config.json", f"{workdir[5:]}/config.json")
     fs.rm(f"{workdir[5:]}/checkpoints/9/commit_success.txt")
     assert checkpointing.complete_steps(workdir) == [6]
@@ -149,11 +158,18 @@ def test_a_step_without_its_commit_mark_is_not_resumed_from(gcs_run, env):
 
 
 def hold_cloud_lock(workdir: str, env) -> subprocess.Popen:
-    code = ("import sys, time; from nested_tnt_jax import workdir; "
-            "workdir.CloudLock(sys.argv[1]).acquire(); print('held', flush=True); "
-            "time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, workdir], cwd=cli_runs.ROOT, env=env,
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from nested_tnt_jax import workdir; "
+        "workdir.CloudLock(sys.argv[1]).acquire(); print('held', flush=True); "
+        "time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, workdir],
+        cwd=cli_runs.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -175,8 +191,12 @@ def test_second_trainer_is_refused_and_writes_nothing(env):
 
 def test_stale_lock_is_taken_over_with_a_line_naming_its_holder(env):
     workdir = f"gs://{BUCKET}/stale"
-    stale = {"pid": 4321, "host": "tpu-worker-gone", "started": "2026-01-01 00:00:00",
-             "heartbeat": time.time() - 1000}
+    stale = {
+        "pid": 4321,
+        "host": "tpu-worker-gone",
+        "started": "2026-01-01 00:00:00",
+        "heartbeat": time.time() - 1000,
+    }
     (path(workdir) / "trainer.lock").write_text(json.dumps(stale))
     proc = run(workdir, env, "--config.lock_timeout_s=60")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -187,18 +207,29 @@ def test_stale_lock_is_taken_over_with_a_line_naming_its_holder(env):
 
 def test_tools_read_a_cloud_storage_run(gcs_run, env, tmp_path):
     # The data through $TFDS_DATA_DIR this time.
-    tuned = run(f"gs://{BUCKET}/tuned", {**env, "TFDS_DATA_DIR": DATA},
-                f"--config.init_from={gcs_run}", data_dir="")
+    tuned = run(
+        f"gs://{BUCKET}/tuned",
+        {**env, "TFDS_DATA_DIR": DATA},
+        f"--config.init_from={gcs_run}",
+        data_dir="",
+    )
     assert tuned.returncode == 0, tuned.stderr[-4000:]
-    assert json.loads((path(f"gs://{BUCKET}/tuned") / "config.json").read_text())[
-        "init_from_loaded"]["path"] == gcs_run
+    assert (
+        json.loads((path(f"gs://{BUCKET}/tuned") / "config.json").read_text())["init_from_loaded"][
+            "path"
+        ]
+        == gcs_run
+    )
     image = tmp_path / "cat.png"
     Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(image)
-    for module, args in (("nested_tnt_jax.predict", [f"--workdir={gcs_run}", str(image)]),
-                         ("nested_tnt_jax.visualize", [f"--workdir={gcs_run}",
-                                                       f"--image={image}",
-                                                       f"--out={tmp_path / 'maps'}"]),
-                         ("experiments.curves", [gcs_run, str(tmp_path / "curve.png")])):
+    for module, args in (
+        ("nested_tnt_jax.predict", [f"--workdir={gcs_run}", str(image)]),
+        (
+            "nested_tnt_jax.visualize",
+            [f"--workdir={gcs_run}", f"--image={image}", f"--out={tmp_path / 'maps'}"],
+        ),
+        ("experiments.curves", [gcs_run, str(tmp_path / "curve.png")]),
+    ):
         proc = cli_runs.run([sys.executable, "-m", module, *args], env)
         assert proc.returncode == 0, (module, proc.stderr[-3000:])
     assert (tmp_path / "curve.png").stat().st_size > 0

@@ -50,8 +50,12 @@ STATIC = {
 
 def environment(url: str) -> dict[str, str]:
     """The variables that point each client at the emulator at `url`."""
-    return {"TENSORSTORE_GCS_HTTP_URL": url, "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
-            "STORAGE_EMULATOR_HOST": url, **STATIC}
+    return {
+        "TENSORSTORE_GCS_HTTP_URL": url,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+        "STORAGE_EMULATOR_HOST": url,
+        **STATIC,
+    }
 
 
 class Emulator:
@@ -62,9 +66,24 @@ class Emulator:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "w")
         self._process = subprocess.Popen(
-            [binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-             "-backend", "memory", "-external-url", self.url, "-log-level", "error"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                binary(),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-backend",
+                "memory",
+                "-external-url",
+                self.url,
+                "-log-level",
+                "error",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -78,8 +97,11 @@ class Emulator:
 
     def create_bucket(self, name: str) -> None:
         request = urllib.request.Request(
-            f"{self.url}/storage/v1/b?project=test", data=json.dumps({"name": name}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST")
+            f"{self.url}/storage/v1/b?project=test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         urllib.request.urlopen(request, timeout=10).read()
 
     def stop(self) -> None:
@@ -92,8 +114,9 @@ def unshare_available() -> str | None:
     """Why a loopback-only network namespace cannot be made here, or None when it can."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return "unshare or ip (util-linux, iproute2) is not installed"
-    probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True
+    )
     if probe.returncode:
         return f"unshare -n is not permitted here ({probe.stderr.strip()})"
     return None

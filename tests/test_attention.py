@@ -58,6 +58,7 @@ def test_core_forms_give_the_einsum_values_and_gradients(form, shape):
         def fn(q, k, v):
             logits = head_logits(q, k, form)
             return attend(jax.nn.softmax(logits, axis=-1), v, form), logits
+
         return jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v))
 
     (want, want_logits), want_vjp = core("einsum")(q, k, v)
@@ -131,10 +132,14 @@ def test_noise_only_in_training_and_scaled():
     np.testing.assert_array_equal(clean, again)
 
     train_attn = Attention(DIM, HEADS, nesting=NESTED, deterministic=False)
-    _, noisy = train_attn.apply({"params": params}, x, prev, rngs={"noise": jax.random.key(3, impl="rbg")})
+    _, noisy = train_attn.apply(
+        {"params": params}, x, prev, rngs={"noise": jax.random.key(3, impl="rbg")}
+    )
     eps = np.asarray(noisy - clean).ravel()
     assert abs(eps.mean()) < 0.2 and 0.8 < eps.std() < 1.2
-    _, other = train_attn.apply({"params": params}, x, prev, rngs={"noise": jax.random.key(4, impl="rbg")})
+    _, other = train_attn.apply(
+        {"params": params}, x, prev, rngs={"noise": jax.random.key(4, impl="rbg")}
+    )
     assert float(jnp.abs(other - noisy).max()) > 0.1
 
     quiet = Attention(DIM, HEADS, nesting=NESTED.replace(logit_noise=0.0), deterministic=False)

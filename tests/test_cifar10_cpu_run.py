@@ -15,18 +15,28 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+
 @pytest.mark.slow
 def test_cpu_config_reaches_55_percent_on_cifar10(shared_tfds, tmp_path):
     workdir = tmp_path / "c10_cpu"
     subprocess.run(
-        [sys.executable, "-m", "nested_tnt_jax.main",
-         "--config=configs/cifar10.py:model=nested_tnt,cpu",
-         f"--config.dataset.data_dir={shared_tfds}", f"--workdir={workdir}"],
+        [
+            sys.executable,
+            "-m",
+            "nested_tnt_jax.main",
+            "--config=configs/cifar10.py:model=nested_tnt,cpu",
+            f"--config.dataset.data_dir={shared_tfds}",
+            f"--workdir={workdir}",
+        ],
         # One CPU device, as in the README (the suite's conftest simulates eight).
-        cwd=ROOT, check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+        cwd=ROOT,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
     )
     results = json.loads((workdir / "results.json").read_text())
-    print(f"test top-1 {results['test_top1']:.4f}, wall {results['wall_time_s']:.0f} s, "
-          f"{results['train_img_per_sec_per_device']:.0f} img/s")
+    print(
+        f"test top-1 {results['test_top1']:.4f}, wall {results['wall_time_s']:.0f} s, "
+        f"{results['train_img_per_sec_per_device']:.0f} img/s"
+    )
     assert results["test_examples"] == 10_000
     assert results["test_top1"] >= 0.55, results

@@ -48,11 +48,15 @@ def test_cpu_variant_uses_cifar_models_at_32px(name):
 def test_arguments_set_steps_and_batch():
     config = get_config("cifar10", "model=tnt,cpu,steps=7,batch=64")
     assert (config.model.name, config.num_train_steps, config.batch_size) == (
-        "tnt_cifar_patch8_word4_32", 7, 64)
+        "tnt_cifar_patch8_word4_32",
+        7,
+        64,
+    )
 
 
-@pytest.mark.parametrize("steps, warmup", [
-    (1, 0), (9, 0), (20, 2), (100, 10), (101, 100), (300, 100), (5000, 100)])
+@pytest.mark.parametrize(
+    "steps, warmup", [(1, 0), (9, 0), (20, 2), (100, 10), (101, 100), (300, 100), (5000, 100)]
+)
 def test_steps_shorten_a_warmup_that_would_not_end_to_a_tenth_of_the_run(steps, warmup):
     config = get_config("cifar10", f"model=nested_tnt,cpu,steps={steps}")
     assert (config.num_train_steps, config.optim.warmup_steps) == (steps, warmup)
@@ -60,10 +64,13 @@ def test_steps_shorten_a_warmup_that_would_not_end_to_a_tenth_of_the_run(steps, 
     assert get_config("cifar10", "model=nested_tnt,cpu").optim.warmup_steps == 100
 
 
-@pytest.mark.parametrize("arg, match", [
-    ("model=resnet", "model family"),
-    ("modle=vit", "Unknown config argument 'modle'"),
-])
+@pytest.mark.parametrize(
+    "arg, match",
+    [
+        ("model=resnet", "model family"),
+        ("modle=vit", "Unknown config argument 'modle'"),
+    ],
+)
 def test_bad_arguments_are_refused(arg, match):
     with pytest.raises(ValueError, match=match):
         get_config("cifar10", arg)
@@ -98,6 +105,7 @@ def refusal(tmp_path, mutate, match):
 def test_image_size_not_multiple_of_patch(tmp_path):
     def mutate(c):
         c.image_size = 30
+
     refusal(tmp_path, mutate, r"config\.image_size is 30.*patch size 8")
 
 
@@ -106,6 +114,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
     def mutate(c):
         c.batch_size = 12
+
     refusal(tmp_path, mutate, r"config\.batch_size is 12.*multiple of 8")
 
 
@@ -113,30 +122,35 @@ def test_batch_not_divisible_into_micro_batches(tmp_path):
     def mutate(c):
         c.batch_size = 24
         c.optim.grad_accum_steps = 2
+
     refusal(tmp_path, mutate, r"config\.batch_size is 24.*multiple of 16")
 
 
 def test_unknown_model(tmp_path):
     def mutate(c):
         c.model.name = "vit_huge_patch14_224"
+
     refusal(tmp_path, mutate, r"config\.model\.name is 'vit_huge_patch14_224'")
 
 
 def test_unknown_dataset(tmp_path):
     def mutate(c):
         c.dataset.name = "imagenet2012"
+
     refusal(tmp_path, mutate, r"config\.dataset\.name is 'imagenet2012'")
 
 
 def test_unknown_model_override(tmp_path):
     def mutate(c):
         c.model.overrides.drop_path = 0.1
+
     refusal(tmp_path, mutate, r"config\.model\.overrides.*drop_path")
 
 
 def test_another_family_by_name_points_to_the_model_argument(tmp_path):
     def mutate(c):
         c.model.name = "vit_small_patch16_224"
+
     config = get_config("cifar10", "model=nested_tnt,cpu")
     mutate(config)
     with pytest.raises(train.ConfigError, match=r":model=<family>.*configs/cifar10.py:model=vit"):
@@ -146,12 +160,14 @@ def test_another_family_by_name_points_to_the_model_argument(tmp_path):
 def test_model_axis_must_divide_devices(tmp_path):
     def mutate(c):
         c.mesh.model_axis = 3
+
     refusal(tmp_path, mutate, r"config\.mesh\.model_axis is 3")
 
 
 def test_missing_init_from(tmp_path):
     def mutate(c):
         c.init_from = os.path.join(str(tmp_path), "nowhere")
+
     refusal(tmp_path, mutate, r"config\.init_from .* does not exist")
 
 
@@ -197,10 +213,19 @@ FIELDS = sorted(numeric_fields(get_config("cifar10", "model=nested_tnt,cpu")))
 
 
 def test_the_walk_sees_the_fields_the_issue_names():
-    for field in ("num_train_steps", "num_epochs", "optim.learning_rate", "optim.momentum",
-                  "optim.warmup_steps", "optim.grad_clip_norm", "augment.mixup_alpha",
-                  "augment.label_smoothing", "batch_size", "input.worker_count",
-                  "eval_every_steps"):
+    for field in (
+        "num_train_steps",
+        "num_epochs",
+        "optim.learning_rate",
+        "optim.momentum",
+        "optim.warmup_steps",
+        "optim.grad_clip_norm",
+        "augment.mixup_alpha",
+        "augment.label_smoothing",
+        "batch_size",
+        "input.worker_count",
+        "eval_every_steps",
+    ):
         assert field in FIELDS, field
 
 
@@ -211,17 +236,24 @@ def test_every_numeric_field_is_range_checked(field):
     default = get_config("cifar10", "model=nested_tnt,cpu")
     for part in field.split("."):
         default = default[part]
-    for field_value in [-10**6] + ([float("nan")] if isinstance(default, float) else []):
+    for field_value in [-(10**6)] + ([float("nan")] if isinstance(default, float) else []):
         config = get_config("cifar10", "model=nested_tnt,cpu")
         _set(config, field, field_value)
         with pytest.raises(train.ConfigError, match=rf"config\.{re.escape(field)} is"):
             train.validate_config(config)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("optim.momentum", 1.0), ("augment.label_smoothing", 1.0), ("num_train_steps", 0),
-    ("input.prefetch", 0), ("optim.grad_accum_steps", 0), ("max_checkpoints_to_keep", 0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("optim.momentum", 1.0),
+        ("augment.label_smoothing", 1.0),
+        ("num_train_steps", 0),
+        ("input.prefetch", 0),
+        ("optim.grad_accum_steps", 0),
+        ("max_checkpoints_to_keep", 0),
+    ],
+)
 def test_edges_of_the_ranges_are_refused(field, value):
     config = get_config("cifar10", "model=nested_tnt,cpu")
     _set(config, field, value)
@@ -238,11 +270,17 @@ def test_every_numeric_model_field_has_a_range():
                 assert f.name in family.ranges(), (family.name, f.name)
 
 
-@pytest.mark.parametrize("block,field,value", [
-    ("overrides", "drop_path_rate", -0.1), ("overrides", "drop_path_rate", 1.0),
-    ("nesting", "logit_noise", -1.0), ("nesting", "logit_noise", float("nan")),
-    ("nesting", "mixer_ratio", 0), ("overrides", "mlp_ratio", 0.0),
-])
+@pytest.mark.parametrize(
+    "block,field,value",
+    [
+        ("overrides", "drop_path_rate", -0.1),
+        ("overrides", "drop_path_rate", 1.0),
+        ("nesting", "logit_noise", -1.0),
+        ("nesting", "logit_noise", float("nan")),
+        ("nesting", "mixer_ratio", 0),
+        ("overrides", "mlp_ratio", 0.0),
+    ],
+)
 def test_model_overrides_out_of_range_are_refused(block, field, value):
     config = get_config("cifar10", "model=nested_tnt,cpu")
     config.model[block][field] = value
@@ -268,10 +306,20 @@ def test_the_trainer_loads_a_config_package_from_another_directory(tmp_path):
     work.mkdir()
     env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
     done = subprocess.run(
-        [sys.executable, "-m", "nested_tnt_jax.main",
-         f"--config={CONFIGS / 'cifar10.py'}:model=tnt,cpu,steps=2", "--config.seed=-1",
-         f"--workdir={work / 'run'}"], cwd=work, env=env, capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "nested_tnt_jax.main",
+            f"--config={CONFIGS / 'cifar10.py'}:model=tnt,cpu,steps=2",
+            "--config.seed=-1",
+            f"--workdir={work / 'run'}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "config.seed is -1" in done.stderr
     assert not (work / "run").exists()
@@ -279,11 +327,20 @@ def test_the_trainer_loads_a_config_package_from_another_directory(tmp_path):
 
 def test_an_old_nesting_flag_is_refused_naming_the_new_one(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "nested_tnt_jax.main",
-         "--config=configs/cifar10.py:model=nested_tnt,cpu",
-         "--config.model.overrides.nest_inner=False", f"--workdir={tmp_path / 'run'}"],
-        cwd=CONFIGS.parent, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-        text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "nested_tnt_jax.main",
+            "--config=configs/cifar10.py:model=nested_tnt,cpu",
+            "--config.model.overrides.nest_inner=False",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=CONFIGS.parent,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert "use --config.model.nesting.inner" in done.stderr
     assert not (tmp_path / "run").exists()

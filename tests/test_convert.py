@@ -9,7 +9,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from nested_tnt_jax.convert import (
-    _OFFICIAL_RENAMES, load_checkpoint_file, resample_pos_embed, timm_to_flax)
+    _OFFICIAL_RENAMES,
+    load_checkpoint_file,
+    resample_pos_embed,
+    timm_to_flax,
+)
 from nested_tnt_jax.models import create_model, params_to_scan
 
 
@@ -34,7 +38,8 @@ def _count(tree) -> int:
 
 
 @pytest.mark.parametrize(
-    "name", ["tnt_s_patch16_224", "tnt_s_legacy_patch16_224", "vit_small_patch16_224"])
+    "name", ["tnt_s_patch16_224", "tnt_s_legacy_patch16_224", "vit_small_patch16_224"]
+)
 def test_converted_timm_model_gives_the_same_logits(name):
     ref_model = _perturbed_timm(name)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
@@ -45,9 +50,17 @@ def test_converted_timm_model_gives_the_same_logits(name):
     assert np.abs(np.asarray(out) - ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", [
-    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
-    "tnt_s_patch16_224", "tnt_s_legacy_patch16_224", "tnt_b_patch16_224"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vit_tiny_patch16_224",
+        "vit_small_patch16_224",
+        "vit_base_patch16_224",
+        "tnt_s_patch16_224",
+        "tnt_s_legacy_patch16_224",
+        "tnt_b_patch16_224",
+    ],
+)
 def test_param_count_equals_timm(name):
     model = create_model(name)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
@@ -60,8 +73,9 @@ def test_resampling_matches_timm():
     posemb = np.random.default_rng(0).normal(size=(1, 197, 8)).astype(np.float32)
     for side in (4, 20):
         ref = resample_abs_pos_embed(torch.from_numpy(posemb), (side, side), num_prefix_tokens=1)
-        np.testing.assert_allclose(resample_pos_embed(posemb, side * side + 1), ref.numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            resample_pos_embed(posemb, side * side + 1), ref.numpy(), atol=1e-5
+        )
 
 
 def test_tnt_into_nested_tnt_at_another_size_and_class_count():
@@ -69,8 +83,7 @@ def test_tnt_into_nested_tnt_at_another_size_and_class_count():
     does, fresh head and mixers; with the chains off it reproduces timm's model at 64 px."""
     name = "tnt_s_patch16_224"
     src = _perturbed_timm(name)
-    params = timm_to_flax(src.state_dict(), "nested_tnt_s_patch16_224", num_classes=10,
-                          img_size=64)
+    params = timm_to_flax(src.state_dict(), "nested_tnt_s_patch16_224", num_classes=10, img_size=64)
     assert params["patch_pos"].shape == (1, 17, 384) and params["head"]["kernel"].shape == (384, 10)
     assert "mixer" in params["blocks_1"]["attn_in"] and "mixer" in params["blocks_11"]["attn_out"]
 
@@ -84,8 +97,14 @@ def test_tnt_into_nested_tnt_at_another_size_and_class_count():
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = ref_model(x).numpy()
-    plain = create_model("nested_tnt_s_patch16_224", num_classes=10, img_size=64,
-                         nest_inner=False, nest_outer=False, scan_blocks=True)
+    plain = create_model(
+        "nested_tnt_s_patch16_224",
+        num_classes=10,
+        img_size=64,
+        nest_inner=False,
+        nest_outer=False,
+        scan_blocks=True,
+    )
     out = jax.jit(plain.apply)({"params": params_to_scan(params)}, _nhwc(x))
     assert np.abs(np.asarray(out) - ref).max() <= 1e-4
 
@@ -103,18 +122,24 @@ def test_official_tnt_names_are_accepted():
     official["inner_pos"] = timm_sd["pixel_pos"].flatten(2).transpose(1, 2)
     assert "outer_pos" in official and "blocks.0.inner_attn.qk.weight" in official
     ours = timm_to_flax(official, "tnt_s_patch16_224")
-    jax.tree.map(np.testing.assert_array_equal, ours,
-                 timm_to_flax(timm_sd, "tnt_s_patch16_224"))
+    jax.tree.map(np.testing.assert_array_equal, ours, timm_to_flax(timm_sd, "tnt_s_patch16_224"))
 
 
 def test_checkpoint_of_another_model_is_rejected_clearly():
     with torch.device("meta"):
         vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
     sd = {k: np.zeros(v.shape, np.float32) for k, v in vit.state_dict().items()}
-    with pytest.raises(ValueError, match=r"does not fit model 'tnt_s_patch16_224'.*missing: "
-                                         r".*unexpected: blocks\.0\.attn\.proj\.bias"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit model 'tnt_s_patch16_224'.*missing: "
+        r".*unexpected: blocks\.0\.attn\.proj\.bias",
+    ):
         timm_to_flax(sd, "tnt_s_patch16_224")
-    with pytest.raises(ValueError, match=r"shape mismatches .*blocks\.0\.attn\.qkv\.weight \(192, 576\) vs model \(384, 1152\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape mismatches .*blocks\.0\.attn\.qkv\.weight \(192, 576\) "
+        r"vs model \(384, 1152\)",
+    ):
         timm_to_flax(sd, "vit_small_patch16_224")
 
 

@@ -33,13 +33,16 @@ from nested_tnt_jax.data import integrity
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = {"flowers102": "oxford_flowers102", "cifar100": "cifar100"}
 # Split sizes of the real datasets.
-SPLITS = {"oxford_flowers102": {"train": 1020, "validation": 1020, "test": 6149},
-          "cifar100": {"train": 50_000, "test": 10_000}}
+SPLITS = {
+    "oxford_flowers102": {"train": 1020, "validation": 1020, "test": 6149},
+    "cifar100": {"train": 50_000, "test": 10_000},
+}
 
 
 def cpu_config(name: str, steps: int | None = None):
     config = runpy.run_path(str(ROOT / "configs" / f"{name}.py"))["get_config"](
-        "model=nested_tnt,cpu")
+        "model=nested_tnt,cpu"
+    )
     if steps is not None:
         config.num_train_steps = steps
         config.batch_size = 16  # a multiple of the 8 simulated devices
@@ -60,8 +63,10 @@ def test_cpu_variant_trains_end_to_end_on_mock_data(name, tmp_path):
     assert config.image_size == (64 if name == "flowers102" else 32)
     assert config.augment.crop == ("random_resized" if name == "flowers102" else "pad")
     num_examples = 21  # not a multiple of the batch: the last test batch is padded
-    with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
-            integrity, "check_split", _count_mock_split):
+    with (
+        tfds.testing.mock_data(num_examples=num_examples),
+        mock.patch.object(integrity, "check_split", _count_mock_split),
+    ):
         results = train.train_and_evaluate(config, str(tmp_path))
     saved = json.loads((tmp_path / metrics.RESULTS_FILE).read_text())
     assert saved["steps"] == 3 and saved["test_examples"] == num_examples
@@ -101,9 +106,11 @@ def _like_the_real_data(dataset: str, split: str, **kwargs):
     """`as_data_source` for `tfds.testing.mock_data`: a split of `dataset`'s real size."""
     sizes = SPLITS[dataset]
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-        {name: types.SimpleNamespace(num_examples=n) for name, n in sizes.items()})
-    length = sum((sizes[i.splitname] if i.to is None else i.to) - (i.from_ or 0)
-                 for i in instructions)
+        {name: types.SimpleNamespace(num_examples=n) for name, n in sizes.items()}
+    )
+    length = sum(
+        (sizes[i.splitname] if i.to is None else i.to) - (i.from_ or 0) for i in instructions
+    )
     if dataset == "cifar100":
         shapes = [(32, 32)] * 4
     else:  # Flowers: 500 px on the shorter side, 500 to 1,000 px on the other
@@ -117,9 +124,10 @@ def measure(name: str, workdir: str, steps: int = 0) -> dict:
     dataset = CONFIGS[name]
     config = cpu_config(name)
     config.num_train_steps = steps or config.num_train_steps
-    with tfds.testing.mock_data(
-            as_data_source_fn=functools.partial(_like_the_real_data, dataset)), \
-            mock.patch.object(integrity, "check_split", _count_mock_split):
+    with (
+        tfds.testing.mock_data(as_data_source_fn=functools.partial(_like_the_real_data, dataset)),
+        mock.patch.object(integrity, "check_split", _count_mock_split),
+    ):
         start = time.perf_counter()
         results = train.train_and_evaluate(config, workdir)
     results["measured_wall_s"] = time.perf_counter() - start
@@ -129,18 +137,26 @@ def measure(name: str, workdir: str, steps: int = 0) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_cpu_variant_time_on_mock_data_like_the_real_one(name, tmp_path):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
     proc = subprocess.run(
-        [sys.executable, __file__, name, str(tmp_path / "run")], cwd=ROOT, env=env,
-        capture_output=True, text=True, check=True)
+        [sys.executable, __file__, name, str(tmp_path / "run")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"\n{name} cpu on mock data: {results['steps']} steps, wall "
-          f"{results['measured_wall_s']:.0f} s, {results['train_img_per_sec_per_device']:.0f} "
-          f"img/s, test top-1 {results['test_top1']:.4f} on {results['test_examples']} mock "
-          f"images (chance); commit {commit}; host {platform.processor() or platform.machine()}"
-          f", {os.cpu_count()} CPUs")
+    print(
+        f"\n{name} cpu on mock data: {results['steps']} steps, wall "
+        f"{results['measured_wall_s']:.0f} s, {results['train_img_per_sec_per_device']:.0f} "
+        f"img/s, test top-1 {results['test_top1']:.4f} on {results['test_examples']} mock "
+        f"images (chance); commit {commit}; host {platform.processor() or platform.machine()}"
+        f", {os.cpu_count()} CPUs"
+    )
     assert results["test_examples"] == SPLITS[CONFIGS[name]]["test"]
 
 

@@ -43,7 +43,8 @@ def plain_train(name, tmp_path, **kwargs):
     kwargs.setdefault("global_batch_size", 8)
     return data.create_train_iterator(
         *blocks(name, tmp_path, train_split="train", crop="pad", pad=0, flip=False),
-        image_size=32, **kwargs,
+        image_size=32,
+        **kwargs,
     )
 
 
@@ -71,11 +72,15 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
 def test_train_and_eval_batches_have_the_interface_shapes(name, size, tmp_path):
     with mocked():
         train = data.create_train_iterator(
-            *blocks(name, tmp_path), global_batch_size=8, image_size=size, seed=0)
+            *blocks(name, tmp_path), global_batch_size=8, image_size=size, seed=0
+        )
         batch = next(train)
         evals = data.create_eval_batches(
-            *blocks(name, tmp_path), split=data.dataset_info(name).eval_split,
-            global_batch_size=16, image_size=size)
+            *blocks(name, tmp_path),
+            split=data.dataset_info(name).eval_split,
+            global_batch_size=16,
+            image_size=size,
+        )
         eval_batch = next(iter(evals))
     assert batch["image"].shape == (8, size, size, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
@@ -96,8 +101,12 @@ def test_eval_counts_every_example_once_over_simulated_processes(global_batch, t
     num_examples = 37  # does not divide by the batch sizes
     seen, masked, steps, rows = [], 0, set(), {}
     make = functools.partial(
-        data.create_eval_batches, *blocks("cifar10", tmp_path), split="test",
-        global_batch_size=global_batch, image_size=32)
+        data.create_eval_batches,
+        *blocks("cifar10", tmp_path),
+        split="test",
+        global_batch_size=global_batch,
+        image_size=32,
+    )
     with mocked(num_examples):
         for process in range(2):
             evals = make(process_index=process, process_count=2)
@@ -119,8 +128,11 @@ def test_eval_counts_every_example_once_over_simulated_processes(global_batch, t
 def test_eval_passes_repeat_identically(tmp_path):
     with mocked():
         evals = data.create_eval_batches(
-            *blocks("oxford_flowers102", tmp_path), split="validation", global_batch_size=16,
-            image_size=24)
+            *blocks("oxford_flowers102", tmp_path),
+            split="validation",
+            global_batch_size=16,
+            image_size=24,
+        )
         first = [b["image"] for b in evals]
         second = [b["image"] for b in evals]
     assert len(first) == evals.num_steps == 3
@@ -159,11 +171,18 @@ def test_decoded_source_reads_each_record_once_and_serves_it_from_memory(tmp_pat
 def test_cached_splits_give_the_same_batches(tmp_path):
     def batches(cache_decoded):
         train = data.create_train_iterator(
-            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded), global_batch_size=8,
-            image_size=32, seed=1, start_step=3)
+            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded),
+            global_batch_size=8,
+            image_size=32,
+            seed=1,
+            start_step=3,
+        )
         evals = data.create_eval_batches(
-            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded), split="train[98%:]",
-            global_batch_size=16, image_size=32)
+            *blocks("cifar10", tmp_path, cache_decoded=cache_decoded),
+            split="train[98%:]",
+            global_batch_size=16,
+            image_size=32,
+        )
         return [next(train) for _ in range(6)] + list(evals)
 
     with mocked():
@@ -182,16 +201,24 @@ def test_cached_flowers_keep_small_images_and_the_same_eval_batches(tmp_path):
     size = 8  # below the mock images' sizes, so that the training images are shrunk
 
     def evals(cache_decoded):
-        return list(data.create_eval_batches(
-            *blocks("oxford_flowers102", tmp_path, cache_decoded=cache_decoded), split="test",
-            global_batch_size=16, image_size=size))
+        return list(
+            data.create_eval_batches(
+                *blocks("oxford_flowers102", tmp_path, cache_decoded=cache_decoded),
+                split="test",
+                global_batch_size=16,
+                image_size=size,
+            )
+        )
 
     with mocked(37):
         cached, read = evals(True), evals(False)
         source = data.open_source("oxford_flowers102", "train", str(tmp_path))
         train = data.create_train_iterator(
-            *blocks("oxford_flowers102", tmp_path, cache_decoded=True), global_batch_size=8,
-            image_size=size, seed=0)
+            *blocks("oxford_flowers102", tmp_path, cache_decoded=True),
+            global_batch_size=8,
+            image_size=size,
+            seed=0,
+        )
         batch = next(train)
     assert len(cached) == len(read) == 3
     for x, y in zip(cached, read):
@@ -199,8 +226,9 @@ def test_cached_flowers_keep_small_images_and_the_same_eval_batches(tmp_path):
             np.testing.assert_array_equal(x[key], y[key])
     assert sum(int(b["mask"].sum()) for b in cached) == 37
     assert batch["image"].shape == (8, size, size, 3)
-    stored = pipeline.DecodedSource(source, functools.partial(
-        augment.shrink, short_side=pipeline.CACHED_TRAIN_SCALE * size))
+    stored = pipeline.DecodedSource(
+        source, functools.partial(augment.shrink, short_side=pipeline.CACHED_TRAIN_SCALE * size)
+    )
     for i in range(len(source)):
         original, kept = source[i]["image"], stored[i]["image"]
         assert min(kept.shape[:2]) == min(min(original.shape[:2]), 2 * size)
@@ -219,8 +247,10 @@ def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):
     with mocked():
         reference = source_images("cifar10", "train", tmp_path)
         alone = plain_train("cifar10", tmp_path, seed=3, process_index=0, process_count=1)
-        pair = [plain_train("cifar10", tmp_path, seed=3, process_index=p, process_count=2)
-                for p in range(2)]
+        pair = [
+            plain_train("cifar10", tmp_path, seed=3, process_index=p, process_count=2)
+            for p in range(2)
+        ]
         # 40 records, global batch 8: 5 batches per epoch; 10 batches cross into epoch two.
         ids = [identify(next(alone)["image"], reference) for _ in range(10)]
         for batch in ids:
@@ -234,8 +264,8 @@ def test_processes_read_their_rows_of_the_one_process_batches(tmp_path):
 def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
     def take(seed):
         train = data.create_train_iterator(
-            *blocks("oxford_flowers102", tmp_path), global_batch_size=8, image_size=24,
-            seed=seed)
+            *blocks("oxford_flowers102", tmp_path), global_batch_size=8, image_size=24, seed=seed
+        )
         return [next(train) for _ in range(3)]
 
     with mocked():
@@ -249,8 +279,8 @@ def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
 def test_start_step_yields_the_uninterrupted_batches(tmp_path):
     """A resumed run's iterator (start_step=k) continues the batches of an uninterrupted one."""
     make = lambda start: data.create_train_iterator(  # noqa: E731
-        *blocks("cifar10", tmp_path), global_batch_size=12, image_size=32, seed=7,
-        start_step=start)
+        *blocks("cifar10", tmp_path), global_batch_size=12, image_size=32, seed=7, start_step=start
+    )
     with mocked():
         run = make(0)
         expected = [next(run) for _ in range(7)][2:]  # crosses the epoch boundary at 40 records
@@ -264,15 +294,20 @@ def test_start_step_yields_the_uninterrupted_batches(tmp_path):
 def test_batch_size_must_split_over_processes(tmp_path):
     with mocked(), pytest.raises(ValueError, match="multiple of the number of processes"):
         data.create_train_iterator(
-            *blocks("cifar10", tmp_path), global_batch_size=9, image_size=32, seed=0,
-            process_index=0, process_count=2)
+            *blocks("cifar10", tmp_path),
+            global_batch_size=9,
+            image_size=32,
+            seed=0,
+            process_index=0,
+            process_count=2,
+        )
 
 
 def test_unknown_crop_mode_is_rejected(tmp_path):
     with mocked(), pytest.raises(ValueError, match="augment.crop"):
         data.create_train_iterator(
-            *blocks("cifar10", tmp_path, crop="center"), global_batch_size=8, image_size=32,
-            seed=0)
+            *blocks("cifar10", tmp_path, crop="center"), global_batch_size=8, image_size=32, seed=0
+        )
 
 
 def test_missing_dataset_fails_fast_with_placement_hint(tmp_path, monkeypatch):
@@ -283,7 +318,8 @@ def test_missing_dataset_fails_fast_with_placement_hint(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(FileNotFoundError) as error:
         data.create_eval_batches(
-            *blocks("cifar100", tmp_path), split="test", global_batch_size=8, image_size=32)
+            *blocks("cifar100", tmp_path), split="test", global_batch_size=8, image_size=32
+        )
     assert time.monotonic() - start < 15
     message = str(error.value)
     assert "'cifar100'" in message and str(tmp_path) in message
@@ -306,7 +342,7 @@ def test_archives_in_manual_dir_are_prepared_offline(tmp_path, monkeypatch):
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
     (manual / "cifar-10-binary.tar.gz").touch()
-    with pytest.raises(Exception):  # the recording stub prepares nothing, so loading fails
+    with pytest.raises(Exception):  # noqa: B017 (the recording stub prepares nothing: TFDS raises)
         data.open_source("cifar10", "test", str(tmp_path))
     assert prepared == [("cifar10", str(manual))]
 
@@ -322,9 +358,7 @@ def test_pad_and_crop_shifts_the_image_inside_zero_padding():
     for crop in crops:  # every crop is a window of the padded image
         padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
         assert any(
-            np.array_equal(padded[t : t + 8, l : l + 8], crop)
-            for t in range(5)
-            for l in range(5)
+            np.array_equal(padded[t : t + 8, x : x + 8], crop) for t in range(5) for x in range(5)
         )
 
 
@@ -334,8 +368,9 @@ def test_random_resized_crop_and_eval_view_reach_the_host_size():
     for _ in range(10):
         assert augment.random_resized_crop(image, rng, 24).shape == (24, 24, 3)
     assert augment.eval_view(image, crop="random_resized", size=24).shape == (24, 24, 3)
-    np.testing.assert_array_equal(augment.eval_view(image[:24, :24], crop="pad", size=24),
-                                  image[:24, :24])
+    np.testing.assert_array_equal(
+        augment.eval_view(image[:24, :24], crop="pad", size=24), image[:24, :24]
+    )
 
 
 def test_train_view_flip_is_deterministic_per_rng():
@@ -346,8 +381,9 @@ def test_train_view_flip_is_deterministic_per_rng():
     ]
     flipped = [np.array_equal(v, image[:, ::-1]) for v in views]
     assert any(flipped) and not all(flipped)
-    again = augment.train_view(image, np.random.default_rng(0), crop="pad", pad=0, flip=True,
-                               size=32)
+    again = augment.train_view(
+        image, np.random.default_rng(0), crop="pad", pad=0, flip=True, size=32
+    )
     np.testing.assert_array_equal(again, views[0])
 
 
@@ -371,8 +407,14 @@ def jitted_preprocess(options):
 
 
 def run_preprocess(batch, seed=0, **kwargs):
-    kwargs = {"train": True, "image_size": 16, "num_classes": 10, "mean": MEAN, "std": STD,
-              **kwargs}
+    kwargs = {
+        "train": True,
+        "image_size": 16,
+        "num_classes": 10,
+        "mean": MEAN,
+        "std": STD,
+        **kwargs,
+    }
     return jitted_preprocess(tuple(sorted(kwargs.items())))(batch, jax.random.key(seed))
 
 
@@ -409,7 +451,10 @@ def test_mixed_targets_sum_to_one_and_blend_two_labels(mixup_alpha, cutmix_alpha
     plain, plain_targets = run_preprocess(batch, train=False, label_smoothing=0.1)
     for seed in range(4):
         images, targets = run_preprocess(
-            batch, seed=seed, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+            batch,
+            seed=seed,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
             label_smoothing=0.1,
         )
         np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-5)
@@ -446,10 +491,20 @@ def test_worker_process_batches_match_in_process_ones_and_resume(tmp_path):
     """Batches do not depend on the worker count, and start_step works with workers."""
     make = lambda workers, start=0: data.create_train_iterator(  # noqa: E731
         *blocks("oxford_flowers102", tmp_path, worker_count=workers, prefetch=1),
-        global_batch_size=8, image_size=24, seed=4, start_step=start)
-    evals = lambda workers: [b["index"].tolist() for b in data.create_eval_batches(  # noqa: E731
-        *blocks("oxford_flowers102", tmp_path, worker_count=workers, prefetch=1),
-        split="validation", global_batch_size=16, image_size=24)]
+        global_batch_size=8,
+        image_size=24,
+        seed=4,
+        start_step=start,
+    )
+    evals = lambda workers: [  # noqa: E731
+        b["index"].tolist()
+        for b in data.create_eval_batches(
+            *blocks("oxford_flowers102", tmp_path, worker_count=workers, prefetch=1),
+            split="validation",
+            global_batch_size=16,
+            image_size=24,
+        )
+    ]
     with mocked():
         in_process = make(0)
         reference = [next(in_process) for _ in range(3)]

@@ -16,8 +16,11 @@ def test_test_split_is_counted_exactly_once_on_eight_devices(shared_tfds, cache_
     global_batch_size = 96  # 10,000 is not a multiple of 96: the last batch is padded.
     local = global_batch_size // jax.process_count()
     evals = data.create_eval_batches(
-        *blocks("cifar10", shared_tfds, cache_decoded=cache_decoded), split="test",
-        global_batch_size=global_batch_size, image_size=32)
+        *blocks("cifar10", shared_tfds, cache_decoded=cache_decoded),
+        split="test",
+        global_batch_size=global_batch_size,
+        image_size=32,
+    )
     assert evals.num_examples == 10_000 and evals.num_steps == 105
     count = jax.jit(lambda b: (b["mask"].sum(), jax.numpy.where(b["mask"], b["index"], -1)))
     masked, indices, labels, steps = 0, [], [], 0
@@ -34,8 +37,9 @@ def test_test_split_is_counted_exactly_once_on_eight_devices(shared_tfds, cache_
     assert steps == evals.num_steps
     assert masked == 10_000
     np.testing.assert_array_equal(np.sort(indices[indices >= 0]), np.arange(10_000))
-    np.testing.assert_array_equal(np.bincount(np.concatenate(labels), minlength=10),
-                                  np.full(10, 1_000))
+    np.testing.assert_array_equal(
+        np.bincount(np.concatenate(labels), minlength=10), np.full(10, 1_000)
+    )
 
 
 def test_default_splits_carve_validation_from_train(shared_tfds):

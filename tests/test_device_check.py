@@ -28,7 +28,8 @@ device_check = _load("device_check")
 def test_the_wheel_list_names_only_what_the_image_lacks():
     assert prepare_device.check_wheel_list(prepare_device.WHEELS) == []
     problems = prepare_device.check_wheel_list(
-        {"jax==0.11.2": "", "Flax==0.12.8": "", "clu": "", "grain==0.2.18": ""})
+        {"jax==0.11.2": "", "Flax==0.12.8": "", "clu": "", "grain==0.2.18": ""}
+    )
     assert len(problems) == 3
     assert problems[0].startswith("jax==0.11.2: never carried")
     assert "flax==0.12.8: the image has it" in problems[1].lower()
@@ -82,12 +83,27 @@ def _row(impl, img_s, model="m"):
 
 
 def test_the_summary_says_pass_or_fail_for_each_target():
-    reports = {"tnt": {"device": "d", "backend": "gpu", "batch": 256, "img_size": 224,
-                       "dtype": "bfloat16", "matmul_peak_tflops": 700.0,
-                       "rows": [_row("jax", 950.0, "nested"), _row("jax", 1000.0, "tnt"),
-                                _row("timm", 400.0), _row("timm compiled", 1100.0)]}}
-    history = [{"step": 50, "split": "train", "loss": 2.3}, {"step": 100, "split": "eval"},
-               {"step": 200, "split": "train", "loss": 1.9}]
+    reports = {
+        "tnt": {
+            "device": "d",
+            "backend": "gpu",
+            "batch": 256,
+            "img_size": 224,
+            "dtype": "bfloat16",
+            "matmul_peak_tflops": 700.0,
+            "rows": [
+                _row("jax", 950.0, "nested"),
+                _row("jax", 1000.0, "tnt"),
+                _row("timm", 400.0),
+                _row("timm compiled", 1100.0),
+            ],
+        }
+    }
+    history = [
+        {"step": 50, "split": "train", "loss": 2.3},
+        {"step": 100, "split": "eval"},
+        {"step": 200, "split": "train", "loss": 1.9},
+    ]
     text = device_check.summary(reports, 800.0, history, 256, {"tnt": "ok"})
     assert "PASS: Nested-TNT / TNT training: 0.95x (target >= 0.9)" in text
     assert "PASS: TNT / timm TNT eager: 2.50x (target >= 2)" in text
@@ -100,6 +116,7 @@ def test_the_summary_says_pass_or_fail_for_each_target():
 
 def test_a_stage_that_runs_out_of_time_is_recorded_and_passed_over(tmp_path):
     status, _ = device_check._run(
-        [device_check.PYTHON, "-c", "import time; time.sleep(30)"], 1, tmp_path / "slow.txt", {})
+        [device_check.PYTHON, "-c", "import time; time.sleep(30)"], 1, tmp_path / "slow.txt", {}
+    )
     assert status == "timed out after 1 s"
     assert "# timed out after 1 s" in (tmp_path / "slow.txt").read_text()

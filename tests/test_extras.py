@@ -13,7 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cli_runs
-from test_faults import env, reference, refused_early  # noqa: F401
+from test_faults import refused_early
 
 # Every import finder, wrapped so that it finds nothing of the hidden packages: `import`
 # fails and `find_spec` answers None, as where they are not installed.
@@ -50,8 +50,14 @@ def test_an_unprepared_dataset_without_tensorflow_names_the_tf_extra(env, tmp_pa
     empty.mkdir()
     message = refused_early(
         cli_runs.command(workdir, f"--config.dataset.data_dir={empty}"),
-        hiding(env, tmp_path, "tensorflow"), 2, "not prepared", str(empty), "needs tensorflow",
-        "pip install -e '.[tf]'", "config.dataset.data_dir")
+        hiding(env, tmp_path, "tensorflow"),
+        2,
+        "not prepared",
+        str(empty),
+        "needs tensorflow",
+        "pip install -e '.[tf]'",
+        "config.dataset.data_dir",
+    )
     assert "Nothing was written" in message
     assert not workdir.exists()
     assert list(empty.iterdir()) == []
@@ -61,13 +67,19 @@ def test_a_timm_file_without_torch_names_torch(env, tmp_path):
     workdir = tmp_path / "run"
     source = tmp_path / "tnt_s.pth"
     source.write_bytes(b"")
-    refused_early(cli_runs.command(workdir, f"--config.init_from={source}"),
-                  hiding(env, tmp_path, "torch"), 2, str(source), "needs torch",
-                  "pip install torch", ".safetensors")
+    refused_early(
+        cli_runs.command(workdir, f"--config.init_from={source}"),
+        hiding(env, tmp_path, "torch"),
+        2,
+        str(source),
+        "needs torch",
+        "pip install torch",
+        ".safetensors",
+    )
     assert not workdir.exists()
 
 
-def test_training_needs_no_tensorflow(reference, env, tmp_path):  # noqa: F811
+def test_training_needs_no_tensorflow(reference, env, tmp_path):
     """The 12-step reference trained again with TensorFlow hidden: the same results, and
     TensorBoard events that tensorboard's reader reads."""
     workdir = tmp_path / "run"
@@ -81,11 +93,12 @@ def test_training_needs_no_tensorflow(reference, env, tmp_path):  # noqa: F811
     assert [e.step for e in events.Tensors("test/top1")] == [12]
 
 
-def test_predict_needs_no_tensorflow(reference, env, tmp_path):  # noqa: F811
+def test_predict_needs_no_tensorflow(reference, env, tmp_path):
     image = tmp_path / "image.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
-    proc = cli_runs.run([sys.executable, "-m", "nested_tnt_jax.predict",
-                         f"--workdir={reference}", str(image)],
-                        hiding(env, tmp_path, "tensorflow"))
+    proc = cli_runs.run(
+        [sys.executable, "-m", "nested_tnt_jax.predict", f"--workdir={reference}", str(image)],
+        hiding(env, tmp_path, "tensorflow"),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "image.png" in proc.stdout

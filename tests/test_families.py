@@ -71,18 +71,25 @@ TOY_FAMILY = textwrap.dedent('''
 ''')
 
 
-def test_a_family_in_one_file_outside_the_tree_trains_through_the_cli(tmp_path,
-                                                                       tmp_path_factory):
+def test_a_family_in_one_file_outside_the_tree_trains_through_the_cli(tmp_path, tmp_path_factory):
     family_file = tmp_path / "toy_family.py"
     family_file.write_text(TOY_FAMILY)
     workdir = tmp_path / "run"
     env = dict(environment(tmp_path_factory), NESTED_TNT_JAX_FAMILIES=str(family_file))
-    cmd = [sys.executable, "-m", "nested_tnt_jax.main",
-           "--config=configs/cifar10.py:model=nested_toy,cpu,steps=3", f"--workdir={workdir}",
-           f"--config.dataset.data_dir={DATA_DIR}", "--config.dataset.train_split=train[:256]",
-           "--config.dataset.eval_split=train[256:288]", "--config.dataset.test_split=test[:32]",
-           "--config.batch_size=16", "--config.input.cache_decoded=False",
-           "--config.model.nesting.mixer=False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nested_tnt_jax.main",
+        "--config=configs/cifar10.py:model=nested_toy,cpu,steps=3",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={DATA_DIR}",
+        "--config.dataset.train_split=train[:256]",
+        "--config.dataset.eval_split=train[256:288]",
+        "--config.dataset.test_split=test[:32]",
+        "--config.batch_size=16",
+        "--config.input.cache_decoded=False",
+        "--config.model.nesting.mixer=False",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())

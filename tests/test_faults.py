@@ -27,17 +27,6 @@ from nested_tnt_jax import checkpointing, metrics
 COMPILING = "Compiling "
 
 
-@pytest.fixture(scope="module")
-def reference(shared_tfds, tmp_path_factory):
-    return cli_runs.reference_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def env(shared_tfds, tmp_path_factory):
-    """The subprocess environment; the runs read the shared CIFAR-10 (tests/cli_config.py)."""
-    return cli_runs.environment(tmp_path_factory)
-
-
 def assert_explained(proc: subprocess.CompletedProcess, code: int, *phrases: str) -> str:
     """Exit `code`, no traceback, and one paragraph (line) `error: ...` on stderr holding
     `phrases`; returns that paragraph."""
@@ -64,17 +53,24 @@ def refused_early(cmd, env, code: int, *phrases: str) -> str:
 CONFIG_MISTAKES = {
     "unknown key": (["--config.optim.lr=0.1"], "config.optim has no field 'lr'"),
     "wrong type": (["--config.batch_size=big"], "--config.batch_size=big"),
-    "image size not a multiple of the patch": (["--config.image_size=36"],
-                                               "config.image_size is 36"),
-    "batch not divisible over 8 devices": (["--config.batch_size=12"],
-                                           "config.batch_size is 12"),
-    "unknown attention core": (["--config.model.overrides.attention_core=flash"],
-                               "Unknown attention_core 'flash'"),
+    "image size not a multiple of the patch": (
+        ["--config.image_size=36"],
+        "config.image_size is 36",
+    ),
+    "batch not divisible over 8 devices": (["--config.batch_size=12"], "config.batch_size is 12"),
+    "unknown attention core": (
+        ["--config.model.overrides.attention_core=flash"],
+        "Unknown attention_core 'flash'",
+    ),
     "negative length": (["--config.num_train_steps=-5"], "config.num_train_steps is -5"),
-    "negative learning rate": (["--config.optim.learning_rate=-1"],
-                               "config.optim.learning_rate is -1"),
-    "warmup as long as the run": (["--config.optim.warmup_steps=12"],
-                                  "config.optim.warmup_steps is 12"),
+    "negative learning rate": (
+        ["--config.optim.learning_rate=-1"],
+        "config.optim.learning_rate is -1",
+    ),
+    "warmup as long as the run": (
+        ["--config.optim.warmup_steps=12"],
+        "config.optim.warmup_steps is 12",
+    ),
 }
 
 
@@ -124,8 +120,9 @@ UNTRUSTED_FILES = {
 def test_untrusted_checkpoint_file_is_refused_and_never_unpickled(env, tmp_path, make, phrase):
     source = make(tmp_path)
     workdir = tmp_path / "run"
-    refused_early(cli_runs.command(workdir, f"--config.init_from={source}"), env, 1,
-                  str(source), phrase)
+    refused_early(
+        cli_runs.command(workdir, f"--config.init_from={source}"), env, 1, str(source), phrase
+    )
     assert not (tmp_path / "unpickled").exists()
     assert not workdir.exists()
 
@@ -136,8 +133,12 @@ def test_init_from_a_run_with_random_bytes_is_refused(reference, env, tmp_path):
     for path in (source / checkpointing.CHECKPOINT_DIR).rglob("d/*"):
         path.write_bytes(rng.bytes(path.stat().st_size))
     workdir = tmp_path / "run"
-    refused_early(cli_runs.command(workdir, f"--config.init_from={source}"), env, 1,
-                  f"Checkpoint 12 in {source / 'checkpoints'} cannot be read")
+    refused_early(
+        cli_runs.command(workdir, f"--config.init_from={source}"),
+        env,
+        1,
+        f"Checkpoint 12 in {source / 'checkpoints'} cannot be read",
+    )
     assert not workdir.exists()
 
 
@@ -149,30 +150,37 @@ def test_init_from_a_run_of_another_model_is_refused_before_any_work(reference, 
     assert not workdir.exists()
 
 
-def test_missing_dataset_offline_is_explained_and_the_run_is_untouched(
-        reference, env, tmp_path):
+def test_missing_dataset_offline_is_explained_and_the_run_is_untouched(reference, env, tmp_path):
     # No network for the subprocess: TFDS must not start downloading CIFAR-10.
     offline = tmp_path / "offline"
     offline.mkdir()
     (offline / "sitecustomize.py").write_text(
         "import socket\n\n\ndef _offline(*args, **kwargs):\n"
         "    raise OSError('network disabled by test_faults')\n\n\n"
-        "socket.create_connection = _offline\n")
+        "socket.create_connection = _offline\n"
+    )
     empty = tmp_path / "tfds"
     empty.mkdir()
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run")
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
-    offline_env = {**env, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(offline), env.get("PYTHONPATH")]))}
+    offline_env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(offline), env.get("PYTHONPATH")])),
+    }
     cmd = cli_runs.command(workdir, f"--config.dataset.data_dir={empty}")
-    refused_early(cmd, offline_env, 1, "'cifar10' is not prepared", str(empty),
-                  str(empty / "downloads" / "manual"))
+    refused_early(
+        cmd,
+        offline_env,
+        1,
+        "'cifar10' is not prepared",
+        str(empty),
+        str(empty / "downloads" / "manual"),
+    )
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
     assert not list(empty.iterdir())
 
 
-def test_sigkill_at_a_random_step_then_same_command_equals_uninterrupted(
-        reference, env, tmp_path):
+def test_sigkill_at_a_random_step_then_same_command_equals_uninterrupted(reference, env, tmp_path):
     rng = random.Random()
     after, delay = rng.choice([3, 6]), rng.uniform(0.0, 0.2)
     workdir, log = tmp_path / "run", tmp_path / "killed.log"
@@ -234,8 +242,9 @@ def test_truncated_and_half_written_checkpoints_fall_back(reference, env, tmp_pa
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"Checkpoint 9 in {checkpoints} cannot be restored" in proc.stderr
     assert cli_runs.results(workdir)["resumed_from_step"] == 6
-    assert [p.name.split("-")[0] for p in (workdir / checkpointing.UNREADABLE_DIR).iterdir()
-            ] == ["9"]
+    assert [p.name.split("-")[0] for p in (workdir / checkpointing.UNREADABLE_DIR).iterdir()] == [
+        "9"
+    ]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["12", "6", "9"]  # tmp cleaned
     cli_runs.assert_same_params(workdir, reference)
     cli_runs.assert_same_results(workdir, reference)
@@ -245,25 +254,35 @@ def test_write_error_while_checkpointing_keeps_earlier_checkpoints(reference, en
     """A full disk, simulated by a 16 KiB file size limit (RLIMIT_FSIZE binds root too, and
     Python ignores SIGXFSZ, so writes fail with EFBIG): resumed at 6, the save of 9 fails."""
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run", steps=[6])
-    proc = subprocess.Popen(cli_runs.command(workdir), cwd=cli_runs.ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_runs.command(workdir),
+        cwd=cli_runs.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     limit = 16 * 1024  # above the config and log files, below a checkpoint's files
     resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
     stdout, stderr = proc.communicate(timeout=400)
-    assert_explained(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
-                     1, f"Writing a checkpoint into {workdir / 'checkpoints'} failed",
-                     "File too large", "(steps 6) are intact")
+    assert_explained(
+        subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+        1,
+        f"Writing a checkpoint into {workdir / 'checkpoints'} failed",
+        "File too large",
+        "(steps 6) are intact",
+    )
     assert cli_runs.complete_steps(workdir) == [6]
     assert checkpointing.load_run_params(str(workdir))["head"]["kernel"].shape == (16, 10)
 
 
 def test_divergence_stops_naming_step_and_metric_and_keeps_the_last_good_checkpoint(
-        reference, env, tmp_path):
+    reference, env, tmp_path
+):
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run")
     cmd = cli_runs.command(workdir, "--config.optim.learning_rate=1e6", config_args="steps=18")
     message = assert_explained(cli_runs.run(cmd, env), 1)
-    stop = re.search(r"Training stopped: (loss|grad_norm) is (nan|-?inf) at step (\d+)\.",
-                     message)
+    stop = re.search(r"Training stopped: (loss|grad_norm) is (nan|-?inf) at step (\d+)\.", message)
     assert stop and 12 < int(stop[3]) <= 18, message
     assert cli_runs.complete_steps(workdir) == [6, 9, 12]
     cli_runs.assert_same_params(workdir, reference)

@@ -42,10 +42,12 @@ def test_events_hold_the_scalars_and_the_hparams(tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     events.Reload()
     assert {"train/loss", "eval/top1", hparams_metadata.SESSION_START_INFO_TAG} <= set(
-        events.Tags()["tensors"])
+        events.Tags()["tensors"]
+    )
     losses = [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("train/loss")]
     assert losses == [(2, 1.5), (4, 0.75)]
     start = hparams_metadata.parse_session_start_info_plugin_data(
-        events.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
+        events.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content
+    )
     assert start.hparams["optim.learning_rate"].number_value == 0.5
     assert start.hparams["model.name"].string_value == "vit"

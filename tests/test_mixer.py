@@ -14,9 +14,13 @@ from nested_tnt_jax.ops.mixer import mix_heads
 def _layers(heads: int, hidden: int, dtype=jnp.float32):
     keys = jax.random.split(jax.random.key(5), 6)
     widths = (heads, hidden, hidden, heads)
-    return tuple((jax.random.normal(keys[2 * i], (a, b)).astype(dtype) / np.sqrt(a),
-                  jax.random.normal(keys[2 * i + 1], (b,)).astype(dtype))
-                 for i, (a, b) in enumerate(zip(widths, widths[1:])))
+    return tuple(
+        (
+            jax.random.normal(keys[2 * i], (a, b)).astype(dtype) / np.sqrt(a),
+            jax.random.normal(keys[2 * i + 1], (b,)).astype(dtype),
+        )
+        for i, (a, b) in enumerate(zip(widths, widths[1:]))
+    )
 
 
 def _value_and_grads(fn, layers, z, cotangent):
@@ -27,8 +31,12 @@ def _value_and_grads(fn, layers, z, cotangent):
 def _assert_close(got, want, rtol, atol_of_max):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert g.shape == w.shape
-        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=rtol,
-                                   atol=atol_of_max * float(jnp.abs(w.astype(jnp.float32)).max()))
+        np.testing.assert_allclose(
+            np.asarray(g, np.float32),
+            np.asarray(w, np.float32),
+            rtol=rtol,
+            atol=atol_of_max * float(jnp.abs(w.astype(jnp.float32)).max()),
+        )
 
 
 def test_mixer_is_an_mlp_over_heads_with_xavier_init():
@@ -38,7 +46,11 @@ def test_mixer_is_an_mlp_over_heads_with_xavier_init():
     params = module.init(jax.random.key(1), z)["params"]
     shapes = {k: (v["kernel"].shape, v["bias"].shape) for k, v in params.items()}
     h = heads * ratio
-    assert shapes == {"fc1": ((heads, h), (h,)), "fc2": ((h, h), (h,)), "fc3": ((h, heads), (heads,))}
+    assert shapes == {
+        "fc1": ((heads, h), (h,)),
+        "fc2": ((h, h), (h,)),
+        "fc3": ((h, heads), (heads,)),
+    }
     for layer in params.values():
         fan_in, fan_out = layer["kernel"].shape
         bound = np.sqrt(6.0 / (fan_in + fan_out)) / np.sqrt(2.0)
@@ -48,8 +60,9 @@ def test_mixer_is_an_mlp_over_heads_with_xavier_init():
     # Position-wise over (query, key): permuting keys permutes the output the same way.
     perm = np.array([3, 1, 0, 6, 2, 5, 4])
     out = module.apply({"params": params}, z)
-    np.testing.assert_allclose(module.apply({"params": params}, z[..., perm]), out[..., perm],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        module.apply({"params": params}, z[..., perm]), out[..., perm], atol=1e-5
+    )
 
 
 def test_the_form_is_chosen_per_backend():
@@ -60,7 +73,9 @@ def test_the_form_is_chosen_per_backend():
         mix_heads(_layers(2, 8), jnp.zeros((2, 4)), "pallas")
 
 
-@pytest.mark.parametrize("heads, hidden, n", [(3, 12, 1001), (5, 15, 37), (4, 16, 4096), (6, 24, 1)])
+@pytest.mark.parametrize(
+    "heads, hidden, n", [(3, 12, 1001), (5, 15, 37), (4, 16, 4096), (6, 24, 1)]
+)
 def test_fused_form_matches_autodiff_of_the_reference_in_float32(heads, hidden, n):
     """Values, the input gradient and every parameter gradient, at odd head counts, hidden
     widths and column counts."""
@@ -100,13 +115,16 @@ def test_fused_form_in_bfloat16_tracks_float32_autodiff():
     z = jax.random.normal(jax.random.key(6), (heads, n)) * 3.0
     cotangent = jax.random.normal(jax.random.key(7), (heads, n))
     got = jax.jit(lambda *a: _value_and_grads(mixer.fused, *a))(
-        layers16, z.astype(jnp.bfloat16), cotangent.astype(jnp.bfloat16))
+        layers16, z.astype(jnp.bfloat16), cotangent.astype(jnp.bfloat16)
+    )
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(got))
     # The reference on the same bfloat16-rounded parameters and inputs, in float32.
     rounded = jax.tree.map(lambda p: p.astype(jnp.float32), layers16)
     want = jax.jit(lambda *a: _value_and_grads(mixer.reference, *a))(
-        rounded, z.astype(jnp.bfloat16).astype(jnp.float32),
-        cotangent.astype(jnp.bfloat16).astype(jnp.float32))
+        rounded,
+        z.astype(jnp.bfloat16).astype(jnp.float32),
+        cotangent.astype(jnp.bfloat16).astype(jnp.float32),
+    )
     _assert_close(got, want, rtol=0.02, atol_of_max=0.01)
 
 
@@ -135,8 +153,9 @@ def test_blocked_form_matches_the_reference_values_and_gradients(n, block):
     z = jax.random.normal(jax.random.key(6), (heads, n)) * 3.0  # both LeakyReLU branches
     cotangent = jax.random.normal(jax.random.key(7), (heads, n))
     want = _value_and_grads(mixer.reference, layers, z, cotangent)
-    got = jax.jit(lambda *a: _value_and_grads(lambda l, z: mixer.blocked(l, z, block), *a))(
-        layers, z, cotangent)
+    got = jax.jit(
+        lambda *a: _value_and_grads(lambda logits, z: mixer.blocked(logits, z, block), *a)
+    )(layers, z, cotangent)
     _assert_close(got, want, rtol=1e-4, atol_of_max=1e-4)
     uses_scan = "scan" in str(jax.make_jaxpr(lambda z: mixer.blocked(layers, z, block))(z))
     assert uses_scan == (n >= 2 * block)
@@ -150,9 +169,12 @@ def test_logit_mixer_blocks_large_logits_on_cpu_with_unchanged_values():
     params = module.init(jax.random.key(1), z[:, :1])["params"]
     assert "scan" in str(jax.make_jaxpr(lambda z: module.apply({"params": params}, z))(z))
     layers = tuple((params[f"fc{i}"]["kernel"], params[f"fc{i}"]["bias"]) for i in (1, 2, 3))
-    np.testing.assert_allclose(module.apply({"params": params}, z),
-                               mixer.reference(layers, z.reshape(heads, -1)).reshape(z.shape),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        module.apply({"params": params}, z),
+        mixer.reference(layers, z.reshape(heads, -1)).reshape(z.shape),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_blocked_form_keeps_bfloat16_and_its_gradients_track_float32():
@@ -162,8 +184,9 @@ def test_blocked_form_keeps_bfloat16_and_its_gradients_track_float32():
     z = jax.random.normal(jax.random.key(6), (heads, n))
 
     def loss(layers, form):
-        return jnp.sum(mix_heads(layers, z.astype(layers[0][0].dtype), form, 512)
-                       .astype(jnp.float32))
+        return jnp.sum(
+            mix_heads(layers, z.astype(layers[0][0].dtype), form, 512).astype(jnp.float32)
+        )
 
     grads16 = jax.grad(loss)(layers16, "blocked")
     assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads16))

@@ -11,7 +11,12 @@ import pytest
 from nested_tnt_jax import xla_options
 from nested_tnt_jax.models import (
     Nesting,
-    create_model, list_models, model_config, params_to_loop, params_to_scan)
+    create_model,
+    list_models,
+    model_config,
+    params_to_loop,
+    params_to_scan,
+)
 from nested_tnt_jax.models import layers
 from nested_tnt_jax.models.layers import drop_path_rates, gelu
 from nested_tnt_jax.models.tnt import WindowConv
@@ -36,8 +41,7 @@ def test_output_shape_of_every_registered_model(name):
     images = jnp.zeros((2, model.img_size, model.img_size, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
     for train in (False, True):
-        out = jax.eval_shape(
-            lambda v: model.apply(v, images, train=train, rngs=RNGS), variables)  # noqa: B023
+        out = jax.eval_shape(lambda v: model.apply(v, images, train=train, rngs=RNGS), variables)  # noqa: B023
         assert out.shape == (2, 7) and out.dtype == jnp.float32
     assert model.num_classes == 7 and model.img_size == images.shape[1]
 
@@ -68,14 +72,18 @@ def test_the_trainers_attention_core_computes_the_same_model():
         def loss(p):
             logits = module.apply({"params": p}, images, train=True, rngs=RNGS)
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
         return jax.jit(jax.value_and_grad(loss), compiler_options=compiler_options)(params)
 
     einsum = model.clone(attention_core="einsum")
     (got_loss, got_grads), (want_loss, want_grads) = (
-        loss_and_grads(model, options), loss_and_grads(einsum, {}))
+        loss_and_grads(model, options),
+        loss_and_grads(einsum, {}),
+    )
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6),
-                 got_grads, want_grads)
+    jax.tree.map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6), got_grads, want_grads
+    )
 
 
 def test_img_size_changes_the_sentence_grid():
@@ -89,8 +97,9 @@ def test_nesting_off_computes_tnt_from_the_same_params():
     tnt = create_model("tnt_cifar_patch8_32", num_classes=10)
     nested = create_model(SMALL, num_classes=10)
     plain = create_model(SMALL, num_classes=10, nesting={"inner": False, "outer": False})
-    assert model_config(SMALL)[1] == dict(model_config("tnt_cifar_patch8_32")[1],
-                                          nesting=Nesting(inner=True, outer=True))
+    assert model_config(SMALL)[1] == dict(
+        model_config("tnt_cifar_patch8_32")[1], nesting=Nesting(inner=True, outer=True)
+    )
     # The old override names still read as the nesting fields they were.
     assert create_model(SMALL, nest_inner=False, nest_outer=False).nesting == plain.nesting
     nested_params = _init(nested)["params"]
@@ -103,8 +112,14 @@ def test_nesting_off_computes_tnt_from_the_same_params():
     np.testing.assert_array_equal(plain.apply({"params": tnt_params}, x), ref)
     # Train mode without noise or dropout is also TNT; nested differs from TNT.
     np.testing.assert_array_equal(plain.apply({"params": tnt_params}, x, train=True), ref)
-    assert float(jnp.abs(nested.apply({"params": nested_params}, x) -
-                         tnt.apply({"params": nested_params}, x)).max()) > 1e-4
+    assert (
+        float(
+            jnp.abs(
+                nested.apply({"params": nested_params}, x) - tnt.apply({"params": nested_params}, x)
+            ).max()
+        )
+        > 1e-4
+    )
 
 
 @pytest.mark.parametrize("chain", ["inner", "outer"])
@@ -124,7 +139,9 @@ def test_eval_is_deterministic_and_noise_only_in_training():
     np.testing.assert_array_equal(model.apply(variables, x, train=False, rngs=RNGS), ev)
     a = model.apply(variables, x, train=True, rngs=RNGS)
     b = model.apply(variables, x, train=True, rngs=RNGS)
-    c = model.apply(variables, x, train=True, rngs={**RNGS, "noise": jax.random.key(99, impl="rbg")})
+    c = model.apply(
+        variables, x, train=True, rngs={**RNGS, "noise": jax.random.key(99, impl="rbg")}
+    )
     np.testing.assert_array_equal(a, b)  # same seed, same result
     assert float(jnp.abs(a - ev).max()) > 1e-4 and float(jnp.abs(c - a).max()) > 1e-4
     quiet = create_model(SMALL, num_classes=10, nesting={"logit_noise": 0.0})
@@ -136,8 +153,10 @@ def test_scan_and_remat_match_the_loop(name):
     loop = create_model(name, num_classes=10)
     params = _init(loop)["params"]
     scanned = params_to_scan(params)
-    assert scanned["blocks"]["norm1" if name.startswith("vit") else "norm_in"]["scale"].shape[0] \
+    assert (
+        scanned["blocks"]["norm1" if name.startswith("vit") else "norm_in"]["scale"].shape[0]
         == loop.depth - 1
+    )
     assert jax.tree.structure(params_to_loop(scanned)) == jax.tree.structure(params)
     jax.tree.map(np.testing.assert_array_equal, params_to_loop(scanned), params)
     x = _images()
@@ -167,10 +186,14 @@ def test_scanned_blocks_give_the_loops_gradients_from_fewer_saved_values(monkeyp
     params = _init(loop)["params"]
     scanned = params_to_scan(params)
     grad = lambda model: jax.grad(  # noqa: E731
-        lambda p: model.apply({"params": p}, x).sum())
+        lambda p: model.apply({"params": p}, x).sum()
+    )
     got = jax.jit(grad(scan))(scanned)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 params_to_loop(got), jax.jit(grad(loop))(params))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params_to_loop(got),
+        jax.jit(grad(loop))(params),
+    )
     saved = _scan_output_bytes(grad(scan), scanned)
     monkeypatch.setattr(layers, "scan_residual_policy", jax.checkpoint_policies.everything_saveable)
     # A new grad function each time: jax caches a function's trace, and this one must be traced
@@ -205,6 +228,7 @@ def test_drop_path_schedule_and_effect():
 
 def test_gelu_is_torchs_exact_gelu_with_jaxs_gradient():
     import torch  # a test dependency (timm parity); imported here to keep this module light
+
     x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float32)
     x64 = np.asarray(x, np.float64)
     exact = 0.5 * x64 * (1.0 + np.vectorize(math.erf)(x64 / math.sqrt(2.0)))
@@ -228,5 +252,9 @@ def test_word_conv_as_matmul_computes_the_conv(kernel, stride, size):
     params = conv.init(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
     windowed = WindowConv(24, kernel, stride, pad)
-    assert jax.tree.map(jnp.shape, windowed.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, params)
-    np.testing.assert_allclose(windowed.apply(params, x), conv.apply(params, x), rtol=1e-5, atol=1e-5)
+    assert jax.tree.map(jnp.shape, windowed.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, params
+    )
+    np.testing.assert_allclose(
+        windowed.apply(params, x), conv.apply(params, x), rtol=1e-5, atol=1e-5
+    )

@@ -34,11 +34,19 @@ def start_two_processes(tmp_path_factory, workdir, logs) -> list:
     address = f"localhost:{free_port()}"
     env = cli_runs.environment(tmp_path_factory, devices=8 // PROCESSES)
     logs.mkdir(parents=True, exist_ok=True)
-    return [cli_runs.start(cli_runs.command(workdir, f"--coordinator_address={address}",
-                                            f"--num_processes={PROCESSES}",
-                                            f"--process_id={i}"),
-                           env, logs / f"process_{i}.log")
-            for i in range(PROCESSES)]
+    return [
+        cli_runs.start(
+            cli_runs.command(
+                workdir,
+                f"--coordinator_address={address}",
+                f"--num_processes={PROCESSES}",
+                f"--process_id={i}",
+            ),
+            env,
+            logs / f"process_{i}.log",
+        )
+        for i in range(PROCESSES)
+    ]
 
 
 def wait_all(procs, logs, timeout: float = 500) -> None:
@@ -69,8 +77,9 @@ def two_process_run(shared_tfds, tmp_path_factory):
     session (it also fills the compilation cache for the other 2-process runs, which wait
     for it rather than compile the same programs at the same time): (workdir, logs)."""
     logs = cli_runs.session_dir(tmp_path_factory, "two_processes_logs")
-    workdir = cli_runs.shared_run(tmp_path_factory, "two_processes",
-                                  lambda w: run_two_processes(tmp_path_factory, w, logs))
+    workdir = cli_runs.shared_run(
+        tmp_path_factory, "two_processes", lambda w: run_two_processes(tmp_path_factory, w, logs)
+    )
     return workdir, logs
 
 
@@ -86,11 +95,12 @@ def test_two_processes_train_like_one(two_process_run, reference):
         assert f"JAX process {i} / {PROCESSES}, 4 local devices" in log
         assert "Traceback" not in log
     # Validation at step 6 and the test at 12: the same losses and accuracies.
-    history, expected = ([h for h in metrics.read_history(str(w)) if h["split"] != "train"]
-                         for w in (workdir, reference))
+    history, expected = (
+        [h for h in metrics.read_history(str(w)) if h["split"] != "train"]
+        for w in (workdir, reference)
+    )
     assert [{**h, "loss": None} for h in history] == [{**h, "loss": None} for h in expected]
-    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in expected],
-                                                        rel=RTOL)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in expected], rel=RTOL)
     cli_runs.assert_same_params(workdir, reference, rtol=RTOL)
     cli_runs.assert_same_results(workdir, reference, rtol=RTOL)
     assert cli_runs.results(workdir)["devices"] == 8
@@ -100,7 +110,8 @@ def test_two_processes_train_like_one(two_process_run, reference):
 
 
 def test_checkpoints_move_between_layouts_and_ctrl_c_to_one_process_stops_both(
-        two_process_run, reference, tmp_path_factory, tmp_path):
+    two_process_run, reference, tmp_path_factory, tmp_path
+):
     """The 1 x 8 checkpoint of step 6 resumes as 2 x 4; a Ctrl-C (SIGINT) reaches process 1
     only, is handed on to jax's preemption notifier as a SIGTERM, and both processes agree on a
     step, save and exit 0; that checkpoint (written by 2 processes) resumes as 1 x 8 and
@@ -116,8 +127,9 @@ def test_checkpoints_move_between_layouts_and_ctrl_c_to_one_process_stops_both(
         # jax's preemption notifier takes SIGTERM from jax.distributed.initialize on (and the
         # trainer hands SIGINT on to it); process 0's start block comes after the restore,
         # which both processes take part in.
-        cli_runs.wait_until(procs[0], log,
-                            lambda: "resumed from step 6 of 12" in log.read_text(), "the resume")
+        cli_runs.wait_until(
+            procs[0], log, lambda: "resumed from step 6 of 12" in log.read_text(), "the resume"
+        )
         procs[1].send_signal(signal.SIGINT)
     except BaseException:
         for p in procs:

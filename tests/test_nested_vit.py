@@ -26,10 +26,16 @@ def _init(model):
 
 
 def test_registry_pairs_every_nested_vit_with_its_vit():
-    for size in ("tiny_patch16_224", "small_patch16_224", "base_patch16_224", "cifar_patch4_32",
-                 "cifar_patch8_32"):
-        assert model_config(f"nested_vit_{size}")[1] == dict(model_config(f"vit_{size}")[1],
-                                                             nesting=Nesting(outer=True))
+    for size in (
+        "tiny_patch16_224",
+        "small_patch16_224",
+        "base_patch16_224",
+        "cifar_patch4_32",
+        "cifar_patch8_32",
+    ):
+        assert model_config(f"nested_vit_{size}")[1] == dict(
+            model_config(f"vit_{size}")[1], nesting=Nesting(outer=True)
+        )
 
 
 def test_chain_off_computes_vit_from_the_same_params():
@@ -46,8 +52,14 @@ def test_chain_off_computes_vit_from_the_same_params():
     np.testing.assert_array_equal(plain.apply({"params": vit_params}, x), ref)
     np.testing.assert_array_equal(plain.apply({"params": vit_params}, x, train=True), ref)
     # With the chain on, the same attention weights give another model.
-    assert float(jnp.abs(nested.apply({"params": nested_params}, x)
-                         - vit.apply({"params": nested_params}, x)).max()) > 1e-4
+    assert (
+        float(
+            jnp.abs(
+                nested.apply({"params": nested_params}, x) - vit.apply({"params": nested_params}, x)
+            ).max()
+        )
+        > 1e-4
+    )
 
 
 def test_noise_only_in_training_and_scale_zero_turns_it_off():
@@ -70,8 +82,9 @@ def test_scanned_chain_matches_the_loop():
     assert scanned["blocks"]["attn"]["mixer"]["fc1"]["kernel"].shape[0] == loop.depth - 1
     assert jax.tree.structure(_init(scan)) == jax.tree.structure(scanned)
     x = _images()
-    np.testing.assert_allclose(scan.apply({"params": scanned}, x),
-                               loop.apply({"params": params}, x), atol=1e-5)
+    np.testing.assert_allclose(
+        scan.apply({"params": scanned}, x), loop.apply({"params": params}, x), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("arg", ["model=nested_vit", "model=nested_vit,cpu"])
@@ -79,8 +92,9 @@ def test_configs_select_nested_vit_with_its_switches(arg):
     config = runpy.run_path(str(CONFIGS / "cifar10.py"))["get_config"](arg)
     train.validate_config(config)
     cpu = arg.endswith("cpu")
-    assert config.model.name == ("nested_vit_cifar_patch8_32" if cpu
-                                 else "nested_vit_small_patch16_224")
+    assert config.model.name == (
+        "nested_vit_cifar_patch8_32" if cpu else "nested_vit_small_patch16_224"
+    )
     nesting = config.model.nesting
     assert nesting.outer is True and nesting.inner is False and nesting.mixer is True
     # The CPU recipe scales the logit noise as it does for Nested-TNT.

@@ -17,13 +17,25 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def test_old_override_names_map_onto_the_spec():
-    assert nesting.from_legacy({"model.overrides.nest_inner": False, "model.overrides.nested": True,
-                                "model.overrides.logit_noise": 0.1, "model.overrides.dtype": "x",
-                                "seed": 3}) == {
-        "model.nesting.inner": False, "model.nesting.outer": True,
-        "model.nesting.logit_noise": 0.1, "model.overrides.dtype": "x", "seed": 3}
+    assert nesting.from_legacy(
+        {
+            "model.overrides.nest_inner": False,
+            "model.overrides.nested": True,
+            "model.overrides.logit_noise": 0.1,
+            "model.overrides.dtype": "x",
+            "seed": 3,
+        }
+    ) == {
+        "model.nesting.inner": False,
+        "model.nesting.outer": True,
+        "model.nesting.logit_noise": 0.1,
+        "model.overrides.dtype": "x",
+        "seed": 3,
+    }
     assert nesting.split_legacy({"nest_outer": False, "mixer": False, "depth": 2}) == (
-        {"depth": 2}, {"outer": False, "mixer": False})
+        {"depth": 2},
+        {"outer": False, "mixer": False},
+    )
 
 
 def _old_record(config) -> dict:
@@ -31,8 +43,12 @@ def _old_record(config) -> dict:
     recorded = json.loads(config.to_json_best_effort())
     spec = recorded["model"].pop("nesting")
     recorded["model"]["overrides"].update(
-        nest_inner=spec["inner"], nest_outer=spec["outer"], mixer=spec["mixer"],
-        mixer_ratio=spec["mixer_ratio"], logit_noise=spec["logit_noise"])
+        nest_inner=spec["inner"],
+        nest_outer=spec["outer"],
+        mixer=spec["mixer"],
+        mixer_ratio=spec["mixer_ratio"],
+        logit_noise=spec["logit_noise"],
+    )
     return recorded
 
 
@@ -47,7 +63,9 @@ def test_a_run_recorded_with_the_old_names_resumes(tmp_path):
 
 def test_an_old_sweep_record_matches_todays_flags():
     assert sweep.current_flag("--config.model.overrides.nest_outer=False") == (
-        "--config.model.nesting.outer=False")
+        "--config.model.nesting.outer=False"
+    )
     assert sweep.current_flag("--config.model.overrides.dtype=bfloat16") == (
-        "--config.model.overrides.dtype=bfloat16")
+        "--config.model.overrides.dtype=bfloat16"
+    )
     assert sweep.current_flag("--config.seed=3") == "--config.seed=3"

@@ -23,8 +23,17 @@ KEYS = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt", "nested_vit": "n
 
 def _study(trainer, work, *extra):
     study_dir = work / "study"
-    code = nesting_study.main(["--work-root", str(work / "runs"), "--study-dir", str(study_dir),
-                               "--trainer", shlex.join(trainer), *extra])
+    code = nesting_study.main(
+        [
+            "--work-root",
+            str(work / "runs"),
+            "--study-dir",
+            str(study_dir),
+            "--trainer",
+            shlex.join(trainer),
+            *extra,
+        ]
+    )
     return code, study_dir
 
 
@@ -47,7 +56,8 @@ def test_plan_is_35_runs_paired_by_seed_with_the_cpu_configs():
     noise = next(r for r in runs if r.variant.name == "nested_tnt-noise_1")
     assert "--config.model.nesting.logit_noise=1.0" in noise.flags
     assert nesting_study.command(noise).startswith(
-        "python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu ")
+        "python -m nested_tnt_jax.main --config=configs/cifar10.py:model=nested_tnt,cpu "
+    )
 
 
 def test_record_decides_what_runs_and_the_table_says_what_is_missing(fake, tmp_path):  # noqa: F811
@@ -55,8 +65,9 @@ def test_record_decides_what_runs_and_the_table_says_what_is_missing(fake, tmp_p
     code, study_dir = _study(trainer, tmp_path, "--max-runs", "6")
     assert code == 1 and len(calls()) == 6
     record = _record(study_dir)
-    assert [r["run"] for r in record] == [r.name for r in nesting_study.planned_runs(
-        "../shared/tfds")[:6]]
+    assert [r["run"] for r in record] == [
+        r.name for r in nesting_study.planned_runs("../shared/tfds")[:6]
+    ]
     first = record[0]
     assert float(first["test_top1"]) == pytest.approx(fake_top1("vit", 0))
     assert float(first["best_val_top1"]) == pytest.approx(fake_top1("vit", 0) - 0.1 / 6)
@@ -76,7 +87,8 @@ def test_record_decides_what_runs_and_the_table_says_what_is_missing(fake, tmp_p
     (tmp_path / "runs" / nxt.name).mkdir(parents=True)
     (tmp_path / "runs" / nxt.name / "results.json").write_text('{"test_top1": 0.5}')
     (tmp_path / "runs" / nxt.name / "history.jsonl").write_text(
-        '{"step": 1, "split": "eval", "top1": 0.4, "loss": 2.0}\n')
+        '{"step": 1, "split": "eval", "top1": 0.4, "loss": 2.0}\n'
+    )
     _study(trainer, tmp_path, "--max-runs", "1")
     assert calls() == [] and _record(study_dir)[-1]["run"] == nxt.name
     assert (study_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -88,13 +100,17 @@ def test_table_holds_paired_differences_with_holm_correction(fake, tmp_path):  #
     code, study_dir = _study(trainer, tmp_path, "--max-runs", "20")  # the four families x 5
     assert code == 1 and len(calls()) == 20
     top1 = {v: np.array([100 * fake_top1(k, s) for s in range(5)]) for v, k in KEYS.items()}
-    expected = [stats.paired_test(top1[a], top1[b]) for a, b in (
-        ("nested_tnt", "tnt"), ("nested_tnt", "vit"), ("nested_vit", "vit"))]
+    expected = [
+        stats.paired_test(top1[a], top1[b])
+        for a, b in (("nested_tnt", "tnt"), ("nested_tnt", "vit"), ("nested_vit", "vit"))
+    ]
     holm = stats.holm([t.p for t in expected])
     table = (study_dir / "table.md").read_text().splitlines()
-    rows = [line for line in table if line.startswith(("| nested_tnt | tnt |",
-                                                       "| nested_tnt | vit |",
-                                                       "| nested_vit | vit |"))]
+    rows = [
+        line
+        for line in table
+        if line.startswith(("| nested_tnt | tnt |", "| nested_tnt | vit |", "| nested_vit | vit |"))
+    ]
     assert len(rows) == 3
     for line, test, adjusted in zip(rows, expected, holm):
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -113,7 +129,9 @@ def test_dry_run_lists_the_missing_commands(fake, tmp_path, capsys):  # noqa: F8
     capsys.readouterr()
     assert _study(trainer, tmp_path, "--dry-run")[0] == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 34 and all(line.startswith("python -m nested_tnt_jax.main") for line in lines)
+    assert len(lines) == 34 and all(
+        line.startswith("python -m nested_tnt_jax.main") for line in lines
+    )
     assert "model=vit,cpu --config.seed=0" not in lines[0]
     assert _study(trainer, tmp_path, "--max-runs", "-1")[0] == 2
 
@@ -121,10 +139,22 @@ def test_dry_run_lists_the_missing_commands(fake, tmp_path, capsys):  # noqa: F8
 def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    rows = [{"step": s, "split": "train", "loss": 2.0 / s, "accuracy": 0.1 * s,
-             "learning_rate": 1e-3, "grad_norm": 1.0, "img_per_sec": 100.0} for s in (1, 2, 3)]
-    rows += [{"step": 3, "split": "eval", "top1": 0.3, "loss": 1.5, "examples": 10},
-             {"step": 3, "split": "test", "top1": 0.25, "loss": 1.6, "examples": 20}]
+    rows = [
+        {
+            "step": s,
+            "split": "train",
+            "loss": 2.0 / s,
+            "accuracy": 0.1 * s,
+            "learning_rate": 1e-3,
+            "grad_norm": 1.0,
+            "img_per_sec": 100.0,
+        }
+        for s in (1, 2, 3)
+    ]
+    rows += [
+        {"step": 3, "split": "eval", "top1": 0.3, "loss": 1.5, "examples": 10},
+        {"step": 3, "split": "test", "top1": 0.25, "loss": 1.6, "examples": 20},
+    ]
     (workdir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     closed = []
     monkeypatch.setattr(curves.plt, "close", closed.append)
@@ -132,7 +162,8 @@ def test_run_curves_show_training_loss_and_validation(tmp_path, monkeypatch, cap
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out == (
         f"Wrote {tmp_path / 'curve.png'}: the training loss and accuracy of {workdir} by step "
-        "(3 training rows, 1 validation and the final test).\n")
+        "(3 training rows, 1 validation and the final test).\n"
+    )
     loss_ax, acc_ax = closed[0].axes
     assert [list(line.get_ydata()) for line in loss_ax.lines] == [[2.0, 1.0, 2.0 / 3], [1.5]]
     assert [len(line.get_xdata()) for line in acc_ax.lines] == [3, 1, 1]

@@ -33,8 +33,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
 STEPS = 30
 TEST_SPLIT = "test[:1000]"
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 # A ranked line of `predict.format_prediction`: "  1. cat  0.4312".
 RANKED = re.compile(r"\s+(\d)\. (\S+)\s+(\d\.\d{4})")
 # A progress line of the trainer: "12:34:56 step 10/30: ... steps/s ...".
@@ -64,8 +74,9 @@ def _tree(path: pathlib.Path) -> dict:
 
 
 def _git(*args: str, cwd: pathlib.Path = ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def _origin(tmp_path: pathlib.Path) -> str:
@@ -91,9 +102,11 @@ def test_unset_repo_url_stops_at_the_first_cell(tmp_path):
     colab, nb = _outside_checkout(tmp_path)
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert first.id == "install" and REPO_URL_LINE.match(first.source), (
-        "the first code cell must begin with the REPO_URL setting, unset")
-    client = NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(colab)}})
+        "the first code cell must begin with the REPO_URL setting, unset"
+    )
+    client = NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(colab)}}
+    )
     with pytest.raises(CellExecutionError):
         client.execute()
     error = _error(first)
@@ -115,23 +128,31 @@ def test_quickstart_notebook_runs_as_on_colab(shared_tfds, tmp_path):
     names = {t.id for node in ast.parse(params[0].source).body for t in node.targets}
     assert names == {"STEPS", "DATA_DIR", "WORKDIR", "TEST_SPLIT"}, names
     assert "WORKDIR = None" in params[0].source.splitlines()
-    params[0].source = (f"STEPS = {STEPS}\nDATA_DIR = {str(shared_tfds)!r}\n"
-                        f"WORKDIR = None\nTEST_SPLIT = {TEST_SPLIT!r}")
-    nb.cells.append(nbformat.v4.new_code_cell(
-        "import nested_tnt_jax\nprint(sys.prefix)\nprint(nested_tnt_jax.__file__)", id="kernel"))
+    params[0].source = (
+        f"STEPS = {STEPS}\nDATA_DIR = {str(shared_tfds)!r}\n"
+        f"WORKDIR = None\nTEST_SPLIT = {TEST_SPLIT!r}"
+    )
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "import nested_tnt_jax\nprint(sys.prefix)\nprint(nested_tnt_jax.__file__)", id="kernel"
+        )
+    )
     shared_before = _tree(shared_tfds)
     clone = colab / "nested_tnt_jax"
     workdir = colab / "runs" / f"quickstart_{STEPS}_steps"
 
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(colab)}})
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(colab)}}
+    )
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
         # STEPS changed, WORKDIR set to the run just made: refused in the notebook's terms.
         again = nbformat.v4.new_code_cell(
             f"STEPS = {STEPS + 10}\nWORKDIR = {str(workdir)!r}\n" + _cell(nb, "train").source,
-            id="again", metadata={"tags": ["raises-exception"]})
+            id="again",
+            metadata={"tags": ["raises-exception"]},
+        )
         nb.cells.append(again)
         client.execute_cell(again, len(nb.cells) - 1)
 
@@ -151,19 +172,28 @@ def test_quickstart_notebook_runs_as_on_colab(shared_tfds, tmp_path):
     history = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
     history = [h for h in history if h["split"] != "train"]  # evaluations only
     assert [(h["step"], h["split"]) for h in history] == [
-        *((step, "eval") for step in range(5, STEPS, 5)), (STEPS, "test")]
+        *((step, "eval") for step in range(5, STEPS, 5)),
+        (STEPS, "test"),
+    ]
     assert len(_png_outputs(_cell(nb, "curves"))) == 1
     assert (workdir / "curve.png").is_file()
 
     # The cell's output: the log line of the checkpoint it loaded, then the label.
-    (true_label,) = [line.removeprefix("true label: ") for line in
-                     _stdout(_cell(nb, "image")).splitlines() if line.startswith("true label: ")]
+    (true_label,) = [
+        line.removeprefix("true label: ")
+        for line in _stdout(_cell(nb, "image")).splitlines()
+        if line.startswith("true label: ")
+    ]
     assert "Loaded the params of checkpoint 30" in _stdout(_cell(nb, "image"))
     assert true_label in CIFAR10_CLASSES
     assert len(_png_outputs(_cell(nb, "image"))) == 1
     pngs = sorted(p.name for p in (workdir / "attention").iterdir())
-    assert pngs == ["correlation_inner.png", "correlation_outer.png", "inner_attention.png",
-                    "outer_attention.png"]
+    assert pngs == [
+        "correlation_inner.png",
+        "correlation_outer.png",
+        "inner_attention.png",
+        "outer_attention.png",
+    ]
     assert len(_png_outputs(_cell(nb, "attention"))) == len(pngs)
 
     path_line, *ranked = _stdout(_cell(nb, "predict")).strip().splitlines()

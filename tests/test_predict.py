@@ -28,13 +28,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The data_dir the faked runs record (label names are read from it when it holds CIFAR-10).
 DATA_DIR = str(shared_data.shared_tfds().resolve())
 # Depth 3 with scan_blocks: the checkpoint then holds the stacked `blocks` layout.
-TINY_TNT = dict(embed_dim=16, depth=3, inner_dim=8, num_heads_outer=2, num_heads_inner=2,
-                mlp_ratio=1.0, scan_blocks=True)
+TINY_TNT = dict(
+    embed_dim=16,
+    depth=3,
+    inner_dim=8,
+    num_heads_outer=2,
+    num_heads_inner=2,
+    mlp_ratio=1.0,
+    scan_blocks=True,
+)
 
 
 def make_config(data_dir: str | None = DATA_DIR):
     config = runpy.run_path(str(ROOT / "configs" / "cifar10.py"))["get_config"](
-        "model=nested_tnt,cpu")
+        "model=nested_tnt,cpu"
+    )
     config.model.name = "nested_tnt_cifar_patch8_32"
     config.model.overrides.update(TINY_TNT)
     config.dataset.data_dir = data_dir
@@ -59,8 +67,12 @@ def make_run(workdir, seed: int = 0, config=None, step: int = 1):
     (config, params)."""
     config = config or make_config()
     write_config(config, workdir)
-    model = models.create_model(config.model.name, num_classes=10, img_size=config.image_size,
-                                **config.model.overrides.to_dict())
+    model = models.create_model(
+        config.model.name,
+        num_classes=10,
+        img_size=config.image_size,
+        **config.model.overrides.to_dict(),
+    )
     params = random_params(model, seed)
     state = steps.create_train_state(params, optax.sgd(0.1), jax.random.PRNGKey(seed))
     checkpointer = checkpointing.Checkpointer(str(workdir), max_to_keep=1)
@@ -120,6 +132,8 @@ def test_load_run_uses_the_newest_checkpoint_and_says_which(tmp_path):
     loaded, saved = jax.tree.leaves_with_path(run.params), jax.tree.leaves_with_path(newer)
     assert [k for k, _ in loaded] == [k for k, _ in saved]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(loaded, saved))
+
+
 def test_top5_sorted_probabilities_matching_the_model(run_dir, images):
     workdir, config, params = run_dir
     results = predict.predict(str(workdir), images)
@@ -165,7 +179,11 @@ def test_workdir_without_checkpoint_is_one_clear_error(tmp_path, images):
     write_config(make_config(), tmp_path)  # a run that has started but not saved yet
     proc = subprocess.run(
         [sys.executable, "-m", "nested_tnt_jax.predict", f"--workdir={tmp_path}", images[0]],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and not proc.stdout and "Traceback" not in proc.stderr
     # One paragraph (one line) with the error; whatever libraries log on import aside.
     (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -198,21 +216,40 @@ def _image_files(directory) -> list[tuple[str, np.ndarray, int]]:
         "rgb.png": (Image.fromarray(rgb), "PNG", {}, rgb, 0),
         "l.png": (Image.fromarray(grey), "PNG", {}, grey_rgb, 0),
         "i16.png": (Image.fromarray(grey.astype(np.uint16) * 257), "PNG", {}, grey_rgb, 0),
-        "i16b.tif": (Image.frombytes("I;16B", grey.shape[::-1],
-                                     (grey.astype(">u2") * 257).tobytes()), "TIFF", {},
-                     grey_rgb, 0),
+        "i16b.tif": (
+            Image.frombytes("I;16B", grey.shape[::-1], (grey.astype(">u2") * 257).tobytes()),
+            "TIFF",
+            {},
+            grey_rgb,
+            0,
+        ),
         "i16.pgm": (Image.fromarray(grey.astype(np.uint16) * 257), "PPM", {}, grey_rgb, 0),
         "i32.tif": (Image.fromarray(grey.astype(np.int32) * 257), "TIFF", {}, grey_rgb, 0),
         "f.tif": (Image.fromarray(grey.astype(np.float32) / 255), "TIFF", {}, grey_rgb, 0),
-        "1.png": (Image.fromarray(bilevel).convert("1"), "PNG", {},
-                  np.repeat(bilevel[..., None], 3, -1), 0),
+        "1.png": (
+            Image.fromarray(bilevel).convert("1"),
+            "PNG",
+            {},
+            np.repeat(bilevel[..., None], 3, -1),
+            0,
+        ),
         "p.png": (paletted, "PNG", {}, palette[index], 0),
         "p_transparent.png": (paletted, "PNG", {"transparency": 3}, transparent, 0),
         "p_transparent.gif": (paletted, "GIF", {"transparency": 3}, transparent, 0),
-        "la.png": (Image.fromarray(np.stack([grey, alpha], -1), "LA"), "PNG", {},
-                   over_white(grey_rgb, alpha), 1),
-        "rgba.png": (Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1), "RGBA"),
-                     "PNG", {}, over_white(rgb, alpha), 1),
+        "la.png": (
+            Image.fromarray(np.stack([grey, alpha], -1), "LA"),
+            "PNG",
+            {},
+            over_white(grey_rgb, alpha),
+            1,
+        ),
+        "rgba.png": (
+            Image.fromarray(np.concatenate([rgb, alpha[..., None]], -1), "RGBA"),
+            "PNG",
+            {},
+            over_white(rgb, alpha),
+            1,
+        ),
         "cmyk.tif": (Image.fromarray(rgb).convert("CMYK"), "TIFF", {}, rgb, 0),
         "ycbcr.tif": (Image.fromarray(rgb).convert("YCbCr"), "TIFF", {}, rgb, 4),
         "rgb.jpg": (Image.fromarray(rgb), "JPEG", {"quality": 100, "subsampling": 0}, rgb, 8),
@@ -243,32 +280,45 @@ def test_every_pillow_mode_and_bit_depth_becomes_the_same_model_input(run_dir, t
         assert picture.dtype == np.uint8 and picture.shape == expected.shape, path
         diff = np.abs(picture.astype(int) - expected.astype(int))
         assert diff.max() <= tolerance, (path, diff.max())
-    assert {"1", "L", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16B", "I",
-            "F"} <= modes
+    assert {"1", "L", "P", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I;16", "I;16B", "I", "F"} <= modes
     exact = [(p, e) for p, e, t in files if t == 0]
     views = np.stack([run.view(p) for p, _ in exact])
     originals = np.stack([eval_view(e, crop=run.crop, size=run.host_size) for _, e in exact])
     np.testing.assert_array_equal(run.inputs(views), run.inputs(originals))
 
 
-def run_cli(module: str, *args: str,
-            verbosity: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, verbosity: str | None = None) -> subprocess.CompletedProcess:
     """`python -m nested_tnt_jax.<module> ARGS` as a user's shell runs it (no TensorFlow log
     level set)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
-        [sys.executable, "-m", f"nested_tnt_jax.{module}", *args,
-         *([f"--verbosity={verbosity}"] if verbosity else [])],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+        [
+            sys.executable,
+            "-m",
+            f"nested_tnt_jax.{module}",
+            *args,
+            *([f"--verbosity={verbosity}"] if verbosity else []),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
 
 
 def warning_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if "warning" in line.lower()
-            or re.match(r"W\d{4} ", line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if "warning" in line.lower() or re.match(r"W\d{4} ", line)
+    ]
 
 
 def test_cli_notes_a_far_smaller_image_and_shows_library_warnings_only_when_verbose(
-        run_dir, images, tmp_path):
+    run_dir, images, tmp_path
+):
     workdir, _, _ = run_dir
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (1, 1), (200, 30, 30)).save(tiny)
@@ -280,7 +330,8 @@ def test_cli_notes_a_far_smaller_image_and_shows_library_warnings_only_when_verb
     blocks = dict(block.split("\n", 1) for block in quiet.stdout.strip().split("\n\n")[1:])
     assert blocks[str(tiny)].startswith(
         "  (note: the image is 1x1 px, far smaller than the 32x32 px the model sees; it was "
-        "upscaled 32x")
+        "upscaled 32x"
+    )
     assert "note:" not in blocks[images[0]] and "note:" not in blocks[str(small)]
     verbose = run_cli("predict", f"--workdir={workdir}", images[0], verbosity="1")
     assert verbose.returncode == 0

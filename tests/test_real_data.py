@@ -11,9 +11,11 @@ from nested_tnt_jax import metrics, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+
 def test_short_cifar10_run_learns(shared_tfds, tmp_path):
     config = runpy.run_path(str(ROOT / "configs" / "cifar10.py"))["get_config"](
-        "model=vit,cpu,steps=150")
+        "model=vit,cpu,steps=150"
+    )
     config.dataset.data_dir = str(shared_tfds)
     config.dataset.test_split = "test[:2000]"
     config.optim.warmup_steps = 20

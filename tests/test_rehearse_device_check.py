@@ -15,19 +15,30 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _can_close_the_network() -> bool:
     if not (shutil.which("unshare") and shutil.which("ip")):
         return False
-    probe = subprocess.run(["unshare", "-n", "--", "ip", "link", "set", "lo", "up"],
-                           capture_output=True, check=False)
+    probe = subprocess.run(
+        ["unshare", "-n", "--", "ip", "link", "set", "lo", "up"], capture_output=True, check=False
+    )
     return probe.returncode == 0
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _can_close_the_network(),
-                    reason="needs `unshare -n` (root or user namespaces) and `ip`")
+@pytest.mark.skipif(
+    not _can_close_the_network(), reason="needs `unshare -n` (root or user namespaces) and `ip`"
+)
 def test_the_device_check_runs_every_stage_offline_from_what_travels(shared_tfds, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "benchmarks/rehearse_device_check.py", f"--data-dir={shared_tfds}",
-         f"--keep-out={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=3000,
-        check=False)
+        [
+            sys.executable,
+            "benchmarks/rehearse_device_check.py",
+            f"--data-dir={shared_tfds}",
+            f"--keep-out={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     summary = (tmp_path / "summary.md").read_text()
     for stage in ("environment", "install", "tnt", "trainer", "mixer", "vit", "cores"):

@@ -16,17 +16,23 @@ import pytest
 
 import cli_runs
 from nested_tnt_jax import checkpointing, metrics, workdir as workdir_lib
-from test_faults import COMPILING, assert_explained, env, reference, refused_early  # noqa: F401
+from test_faults import COMPILING, refused_early
 
 
-def test_a_second_trainer_is_refused_naming_the_holder_and_writes_nothing(
-        reference, env, tmp_path):
+def test_a_second_trainer_is_refused_naming_the_holder_and_writes_nothing(reference, env, tmp_path):
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run", steps=[6], config=True)
     holder = cli_runs.hold_lock(workdir)
     try:
         before = cli_runs.snapshot(workdir)
-        message = refused_early(cli_runs.command(workdir), env, 2, "in use by another trainer",
-                                f"pid {holder.pid}", f"host {socket.gethostname()}", "since ")
+        message = refused_early(
+            cli_runs.command(workdir),
+            env,
+            2,
+            "in use by another trainer",
+            f"pid {holder.pid}",
+            f"host {socket.gethostname()}",
+            "since ",
+        )
         assert str(workdir) in message
         assert cli_runs.snapshot(workdir) == before
     finally:
@@ -44,35 +50,49 @@ def test_a_refused_fresh_run_leaves_no_workdir(env, tmp_path):
     workdir = tmp_path / "new" / "run"
     source = tmp_path / "model.safetensors"
     source.write_bytes(b"not a safetensors file")
-    refused_early(cli_runs.command(workdir, f"--config.init_from={source}"), env, 1,
-                  str(source))
+    refused_early(cli_runs.command(workdir, f"--config.init_from={source}"), env, 1, str(source))
     assert not (tmp_path / "new").exists()
 
 
 RESUME_CHANGES = {
     "batch size": (["--config.batch_size=32"], "", ["batch_size: 16 -> 32"]),
-    "length": ([], "steps=24", ["num_train_steps: 12 -> 24", "new --workdir",
-                                "--config.init_from="]),
-    "optimiser and model": (["--config.optim.learning_rate=0.5",
-                             "--config.model.overrides.depth=3"], "",
-                            ["optim.learning_rate: ", "-> 0.5", "model.overrides.depth: 2 -> 3"]),
+    "length": (
+        [],
+        "steps=24",
+        ["num_train_steps: 12 -> 24", "new --workdir", "--config.init_from="],
+    ),
+    "optimiser and model": (
+        ["--config.optim.learning_rate=0.5", "--config.model.overrides.depth=3"],
+        "",
+        ["optim.learning_rate: ", "-> 0.5", "model.overrides.depth: 2 -> 3"],
+    ),
 }
 
 
 @pytest.mark.parametrize("flags,args,phrases", RESUME_CHANGES.values(), ids=RESUME_CHANGES)
 def test_a_resume_that_changes_the_training_is_refused_before_writing(
-        reference, env, tmp_path, flags, args, phrases):
+    reference, env, tmp_path, flags, args, phrases
+):
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run", steps=[6], config=True)
     before = cli_runs.snapshot(workdir)
-    refused_early(cli_runs.command(workdir, *flags, config_args=args), env, 2,
-                  "holds a run with another config", *phrases)
+    refused_early(
+        cli_runs.command(workdir, *flags, config_args=args),
+        env,
+        2,
+        "holds a run with another config",
+        *phrases,
+    )
     assert cli_runs.snapshot(workdir) == before
 
 
 def test_a_resume_may_change_what_does_not_alter_training(reference, env, tmp_path):
     workdir = cli_runs.copy_checkpoints(reference, tmp_path / "run", steps=[6], config=True)
-    proc = cli_runs.run(cli_runs.command(workdir, "--config.eval_every_steps=4",
-                                         "--config.checkpoint_every_steps=2"), env)
+    proc = cli_runs.run(
+        cli_runs.command(
+            workdir, "--config.eval_every_steps=4", "--config.checkpoint_every_steps=2"
+        ),
+        env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Resuming with config.eval_every_steps: 6 -> 4" in proc.stderr
     assert json.loads((workdir / metrics.CONFIG_FILE).read_text())["eval_every_steps"] == 4
@@ -123,9 +143,15 @@ def test_a_damaged_data_file_is_named_with_its_split_before_training(env, shared
     data_dir, damaged = _damaged_data_dir(shared_tfds, tmp_path)
     workdir = tmp_path / "run"
     start = time.monotonic()
-    refused_early(cli_runs.command(workdir, f"--config.dataset.data_dir={data_dir}"), env, 1,
-                  f"The data file {damaged}", "'test[:64]' split of cifar10",
-                  "config.dataset.test_split", "Nothing was trained")
+    refused_early(
+        cli_runs.command(workdir, f"--config.dataset.data_dir={data_dir}"),
+        env,
+        1,
+        f"The data file {damaged}",
+        "'test[:64]' split of cifar10",
+        "config.dataset.test_split",
+        "Nothing was trained",
+    )
     assert time.monotonic() - start < 60
     assert not workdir.exists()
 
@@ -153,8 +179,12 @@ def test_ctrl_c_saves_and_exits_zero_and_a_second_one_stops_at_once(reference, e
     try:
         cli_runs.wait_for_checkpoint(proc, workdir, (stopped // 3 + 2) * 3, log)
         proc.send_signal(sig)
-        cli_runs.wait_until(proc, log, lambda: log.read_text().count("Received SIGINT") == 1,
-                            "the first signal's handler")
+        cli_runs.wait_until(
+            proc,
+            log,
+            lambda: log.read_text().count("Received SIGINT") == 1,
+            "the first signal's handler",
+        )
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == -sig
     finally:
@@ -164,15 +194,21 @@ def test_ctrl_c_saves_and_exits_zero_and_a_second_one_stops_at_once(reference, e
 
 
 def test_init_from_records_what_it_loaded_and_refuses_a_run_still_training(
-        reference, env, tmp_path):
+    reference, env, tmp_path
+):
     source = cli_runs.copy_run(reference, tmp_path / "source")
     workdir = tmp_path / "run"
     holder = cli_runs.hold_lock(source)
     try:
-        refused_early(cli_runs.command(workdir, f"--config.init_from={source}"), env, 2,
-                      "still training", f"pid {holder.pid}",
-                      f"--config.init_from={source / 'checkpoints' / 'N'}",
-                      "complete steps now: 6, 9, 12")
+        refused_early(
+            cli_runs.command(workdir, f"--config.init_from={source}"),
+            env,
+            2,
+            "still training",
+            f"pid {holder.pid}",
+            f"--config.init_from={source / 'checkpoints' / 'N'}",
+            "complete steps now: 6, 9, 12",
+        )
         assert not workdir.exists()
         step_dir = source / checkpointing.CHECKPOINT_DIR / "6"
         proc = cli_runs.run(cli_runs.command(workdir, f"--config.init_from={step_dir}"), env)
@@ -199,13 +235,33 @@ def test_the_terminal_of_a_short_run_holds_what_a_user_needs(reference):
     lines = cli_runs.reference_log(reference).read_text().splitlines()
     assert len(lines) <= 22, "\n".join(lines)
     text = "\n".join(lines)
-    for phrase in ("Training:", "model:", "12,858 parameters", "dataset:", "512", "devices:",
-                   "8 x cpu", f"workdir: {reference}", "fresh, 12 steps", "step 3/12: loss",
-                   "img/s, ETA", "validation at step 6: top-1", "test at step 12: top-1",
-                   "Finished in", "results in"):
+    for phrase in (
+        "Training:",
+        "model:",
+        "12,858 parameters",
+        "dataset:",
+        "512",
+        "devices:",
+        "8 x cpu",
+        f"workdir: {reference}",
+        "fresh, 12 steps",
+        "step 3/12: loss",
+        "img/s, ETA",
+        "validation at step 6: top-1",
+        "test at step 12: top-1",
+        "Finished in",
+        "results in",
+    ):
         assert phrase in text, phrase
-    for noise in ("orbax", "absl::InitializeLog", "overriding", "Traceback", "parameter_overview",
-                  "oneDNN", "| Name"):
+    for noise in (
+        "orbax",
+        "absl::InitializeLog",
+        "overriding",
+        "Traceback",
+        "parameter_overview",
+        "oneDNN",
+        "| Name",
+    ):
         assert noise not in text, noise
     assert "| Name" in (reference / metrics.PARAMETERS_FILE).read_text()
 
@@ -236,8 +292,11 @@ def test_the_first_progress_line_does_not_overstate_the_speed(env, tmp_path):
     is at most twice the whole run's rate (steps are dispatched asynchronously: counted when
     dispatched, 10 steps "ran" in a fraction of their time)."""
     workdir = tmp_path / "run"
-    every = ["--config.log_every_steps=40", "--config.eval_every_steps=40",
-             "--config.checkpoint_every_steps=40"]
+    every = [
+        "--config.log_every_steps=40",
+        "--config.eval_every_steps=40",
+        "--config.checkpoint_every_steps=40",
+    ]
     proc = cli_runs.run(cli_runs.command(workdir, *every, config_args="steps=40"), env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     early = [line for line in proc.stderr.splitlines() if "step 11/40: " in line]

@@ -13,28 +13,58 @@ INFO = data.dataset_info("cifar10")
 
 
 def preprocess(batch, rng, train):
-    return data.preprocess(batch, rng, train=train, image_size=32, num_classes=10,
-                           label_smoothing=0.1, mean=INFO.mean, std=INFO.std)
+    return data.preprocess(
+        batch,
+        rng,
+        train=train,
+        image_size=32,
+        num_classes=10,
+        label_smoothing=0.1,
+        mean=INFO.mean,
+        std=INFO.std,
+    )
 
 
 def setup(accum=1, lr=1e-2):
-    model = models.create_model("vit_cifar_patch8_32", num_classes=10, embed_dim=16, depth=1,
-                                num_heads=2, mlp_ratio=1.0)
-    optim_config = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=lr, momentum=0.9, b1=0.9, b2=0.999, weight_decay=0.0,
-        warmup_steps=0, grad_clip_norm=1.0, grad_accum_steps=accum))
+    model = models.create_model(
+        "vit_cifar_patch8_32", num_classes=10, embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0
+    )
+    optim_config = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=lr,
+            momentum=0.9,
+            b1=0.9,
+            b2=0.999,
+            weight_decay=0.0,
+            warmup_steps=0,
+            grad_clip_norm=1.0,
+            grad_accum_steps=accum,
+        )
+    )
     tx, schedule = optim.create_optimizer(optim_config, total_steps=100)
-    state = steps.create_train_state(steps.init_params(model, jax.random.PRNGKey(0)), tx,
-                                     jax.random.PRNGKey(1))
-    step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                                        preprocess=preprocess, grad_accum_steps=accum))
+    state = steps.create_train_state(
+        steps.init_params(model, jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(1)
+    )
+    step_fn = jax.jit(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            schedule=schedule,
+            preprocess=preprocess,
+            grad_accum_steps=accum,
+        )
+    )
     return model, state, step_fn
 
 
 def batch(n=8, seed=0):
     rng = np.random.default_rng(seed)
-    return {"image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "label": rng.integers(0, 10, n).astype(np.int32)}
+    return {
+        "image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, n).astype(np.int32),
+    }
 
 
 def test_train_step_fits_a_fixed_batch():
@@ -74,16 +104,32 @@ def test_same_inputs_give_identical_results():
 
 def test_non_finite_loss_leaves_parameters_unchanged():
     model, state, _ = setup()
-    tx, schedule = optim.create_optimizer(ml_collections.ConfigDict(dict(
-        name="sgd", learning_rate=0.1, momentum=0.9, b1=0.9, b2=0.999, weight_decay=0.0,
-        warmup_steps=0, grad_clip_norm=0.0, grad_accum_steps=1)), total_steps=10)
+    tx, schedule = optim.create_optimizer(
+        ml_collections.ConfigDict(
+            dict(
+                name="sgd",
+                learning_rate=0.1,
+                momentum=0.9,
+                b1=0.9,
+                b2=0.999,
+                weight_decay=0.0,
+                warmup_steps=0,
+                grad_clip_norm=0.0,
+                grad_accum_steps=1,
+            )
+        ),
+        total_steps=10,
+    )
 
     def poisoned(batch, rng, train):
         images, targets = preprocess(batch, rng, train)
         return images * jnp.nan, targets
 
-    step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                                        preprocess=poisoned))
+    step_fn = jax.jit(
+        functools.partial(
+            steps.train_step, model=model, tx=tx, schedule=schedule, preprocess=poisoned
+        )
+    )
     before = jax.tree.map(np.asarray, state.params)
     state = state.replace(opt_state=tx.init(state.params))
     new_state, metrics = step_fn(state, batch())
@@ -123,21 +169,38 @@ def test_sharded_parameters_match_replicated():
             step=sharding.replicated_sharding(mesh),
             params=sharding.param_shardings(state.params, mesh),
             opt_state=sharding.param_shardings(state.opt_state, mesh),
-            rng=sharding.replicated_sharding(mesh))
+            rng=sharding.replicated_sharding(mesh),
+        )
         if model_axis == 2:
             spec = state_sharding.params["head"]["kernel"].spec  # (16, 10): dim 0 divides.
             assert spec == PartitionSpec("model", None)
             assert state_sharding.params["head"]["bias"].spec == PartitionSpec("model")
-        tx, schedule = optim.create_optimizer(ml_collections.ConfigDict(dict(
-            name="adamw", learning_rate=1e-2, momentum=0.9, b1=0.9, b2=0.999, weight_decay=0.0,
-            warmup_steps=0, grad_clip_norm=1.0, grad_accum_steps=1)), total_steps=100)
+        tx, schedule = optim.create_optimizer(
+            ml_collections.ConfigDict(
+                dict(
+                    name="adamw",
+                    learning_rate=1e-2,
+                    momentum=0.9,
+                    b1=0.9,
+                    b2=0.999,
+                    weight_decay=0.0,
+                    warmup_steps=0,
+                    grad_clip_norm=1.0,
+                    grad_accum_steps=1,
+                )
+            ),
+            total_steps=100,
+        )
         step_fn = jax.jit(
-            functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                              preprocess=preprocess),
+            functools.partial(
+                steps.train_step, model=model, tx=tx, schedule=schedule, preprocess=preprocess
+            ),
             in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-            out_shardings=(state_sharding, sharding.replicated_sharding(mesh)))
-        new_state, _ = step_fn(jax.device_put(state, state_sharding),
-                               sharding.global_batch(b, mesh))
+            out_shardings=(state_sharding, sharding.replicated_sharding(mesh)),
+        )
+        new_state, _ = step_fn(
+            jax.device_put(state, state_sharding), sharding.global_batch(b, mesh)
+        )
         results.append(jax.device_get(new_state.params))
     for a, c in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         np.testing.assert_allclose(a, c, rtol=1e-5, atol=2e-5)  # Adam: tiny grads, lr 1e-2.

@@ -20,6 +20,7 @@ from experiments import stats, sweep
 
 # --- statistics -----------------------------------------------------------------------------
 
+
 def test_holm_by_hand():
     # Sorted 0.01, 0.02, 0.04 (x3, x2, x1) -> 0.03, 0.04, 0.04 (kept non-decreasing); NaN skipped.
     adjusted = stats.holm([0.04, math.nan, 0.01, 0.02])
@@ -66,19 +67,33 @@ def test_paired_test_degenerate_cases():
 
 # --- the plan -------------------------------------------------------------------------------
 
+
 def test_plan_names_and_flags():
-    runs = sweep.plan(["cifar10"], ["tnt", "nested_tnt-no_mixer"], [0, 3], cpu=True,
-                      settings=["num_train_steps=5"])
+    runs = sweep.plan(
+        ["cifar10"],
+        ["tnt", "nested_tnt-no_mixer"],
+        [0, 3],
+        cpu=True,
+        settings=["num_train_steps=5"],
+    )
     assert [r.name for r in runs] == [
-        "cifar10/tnt/seed0", "cifar10/tnt/seed3",
-        "cifar10/nested_tnt-no_mixer/seed0", "cifar10/nested_tnt-no_mixer/seed3"]
+        "cifar10/tnt/seed0",
+        "cifar10/tnt/seed3",
+        "cifar10/nested_tnt-no_mixer/seed0",
+        "cifar10/nested_tnt-no_mixer/seed3",
+    ]
     ablation = runs[3]
     assert ablation.config == "cifar10.py:model=nested_tnt,cpu"
-    assert ablation.flags == ("--config.seed=3", "--config.model.nesting.mixer=False",
-                              "--config.num_train_steps=5")
+    assert ablation.flags == (
+        "--config.seed=3",
+        "--config.model.nesting.mixer=False",
+        "--config.num_train_steps=5",
+    )
     args = ablation.trainer_args(pathlib.Path("/sw"))
-    assert args[:2] == [f"--config={sweep.CONFIG_DIR / 'cifar10.py'}:model=nested_tnt,cpu",
-                        "--workdir=/sw/cifar10/nested_tnt-no_mixer/seed3"]
+    assert args[:2] == [
+        f"--config={sweep.CONFIG_DIR / 'cifar10.py'}:model=nested_tnt,cpu",
+        "--workdir=/sw/cifar10/nested_tnt-no_mixer/seed3",
+    ]
     assert not any("init_from" in a for a in args)
     noise = sweep.plan(["cifar10"], ["nested_tnt-no_noise"], [0])[0]
     assert noise.config == "cifar10.py:model=nested_tnt"
@@ -86,8 +101,13 @@ def test_plan_names_and_flags():
 
 
 def test_plan_reuses_one_pretraining_per_model_and_seed():
-    runs = sweep.plan(["cifar10", "cifar100", "flowers102"], ["vit", "nested_tnt"], [0, 1],
-                      pretrain=True, pretrain_settings=["num_epochs=2"])
+    runs = sweep.plan(
+        ["cifar10", "cifar100", "flowers102"],
+        ["vit", "nested_tnt"],
+        [0, 1],
+        pretrain=True,
+        pretrain_settings=["num_epochs=2"],
+    )
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) == 4 + 4 + 4  # pre-training (= cifar100), c10, flowers
     pre = {r.name: r for r in runs if r.dataset == "cifar100"}
@@ -100,16 +120,20 @@ def test_plan_reuses_one_pretraining_per_model_and_seed():
             assert names.index(r.pretrain.name) < names.index(r.name)
             assert "--config.num_epochs=2" not in r.flags
             assert r.trainer_args(pathlib.Path("/sw"))[-1] == (
-                f"--config.init_from=/sw/cifar100/{r.variant.name}/seed{r.seed}")
+                f"--config.init_from=/sw/cifar100/{r.variant.name}/seed{r.seed}"
+            )
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(datasets=["imagenet"]), "Unknown or missing dataset 'imagenet'"),
-    (dict(variants=["nested_tnt-no_foo"]), "Unknown or missing model"),
-    (dict(seeds=[1, 1]), "distinct"),
-    (dict(pretrain_settings=["num_epochs=1"]), "only applies with --pretrain"),
-    (dict(settings=["num_train_steps"]), "key=value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(datasets=["imagenet"]), "Unknown or missing dataset 'imagenet'"),
+        (dict(variants=["nested_tnt-no_foo"]), "Unknown or missing model"),
+        (dict(seeds=[1, 1]), "distinct"),
+        (dict(pretrain_settings=["num_epochs=1"]), "only applies with --pretrain"),
+        (dict(settings=["num_train_steps"]), "key=value"),
+    ],
+)
 def test_plan_refusals(kwargs, match):
     args = dict(datasets=["cifar10"], variants=["tnt"], seeds=[0]) | kwargs
     with pytest.raises(sweep.SweepError, match=match):
@@ -118,13 +142,16 @@ def test_plan_refusals(kwargs, match):
 
 # --- running with a fake trainer ------------------------------------------------------------
 
+
 def fake_top1(key: str, seed: int) -> float:
     """Top-1 the fake trainer reports: model-dependent, seed-dependent, not a constant gap."""
     base = {"vit": 0.60, "tnt": 0.62, "nested_tnt": 0.64, "nested_vit": 0.61}.get(key, 0.63)
     return base + 0.01 * seed + 0.002 * len(key) * (seed % 2)
 
 
-FAKE_TRAINER = inspect.getsource(fake_top1) + '''
+FAKE_TRAINER = (
+    inspect.getsource(fake_top1)
+    + """
 import json, os, pathlib, sys
 
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
@@ -149,7 +176,8 @@ workdir.mkdir(parents=True, exist_ok=True)
                 "loss": 1.0 / step}) + "\\n" for step in (2, 4, 6)))
 (workdir / "results.json").write_text(json.dumps(
     {"test_top1": fake_top1(key, seed), "test_top5": 0.9, "steps": 7, "init_from": init}))
-'''
+"""
+)
 
 
 @pytest.fixture
@@ -199,10 +227,14 @@ def test_sweep_resumes_and_skips_finished_runs(fake, capsys):
     out = sweep.execute(runs, sweep_dir, trainer=trainer, echo=lambda _: None)
     rerun = calls()
     assert sorted(c["workdir"] for c in rerun) == [
-        str(sweep_dir / "cifar10/nested_tnt/seed1"), str(sweep_dir / "cifar10/tnt/seed0")]
+        str(sweep_dir / "cifar10/nested_tnt/seed1"),
+        str(sweep_dir / "cifar10/tnt/seed0"),
+    ]
     assert all(c["resumed"] for c in rerun)
     assert [n for n, o in out.items() if o.status == "trained"] == [
-        "cifar10/tnt/seed0", "cifar10/nested_tnt/seed1"]
+        "cifar10/tnt/seed0",
+        "cifar10/nested_tnt/seed1",
+    ]
     log = (sweep_dir / "cifar10/tnt/seed0/train.log").read_text()
     assert log.count("=== ") == 2 and "--config.seed=0" in log  # both attempts kept
 
@@ -210,8 +242,19 @@ def test_sweep_resumes_and_skips_finished_runs(fake, capsys):
 def test_failed_run_does_not_stop_the_sweep(fake, monkeypatch):
     trainer, calls, sweep_dir = fake
     monkeypatch.setenv("FAKE_FAIL", "seed1")
-    args = ["--datasets", "cifar10", "--models", "vit", "tnt", "nested_tnt",
-            "--num-seeds", "3", "--pretrain", "--set", "num_train_steps=3"]
+    args = [
+        "--datasets",
+        "cifar10",
+        "--models",
+        "vit",
+        "tnt",
+        "nested_tnt",
+        "--num-seeds",
+        "3",
+        "--pretrain",
+        "--set",
+        "num_train_steps=3",
+    ]
     assert _cli(trainer, sweep_dir, *args) == 1
     # Pre-trainings for seed 1 failed; their fine-tunes were not started; the rest ran.
     assert len(calls()) == 3 * 2 + 3 * 2 + 3
@@ -227,8 +270,10 @@ def test_failed_run_does_not_stop_the_sweep(fake, monkeypatch):
     monkeypatch.delenv("FAKE_FAIL")
     assert _cli(trainer, sweep_dir, *args) == 0
     assert sorted(c["workdir"] for c in calls()) == sorted(
-        str(sweep_dir / d / m / "seed1") for d in ("cifar100", "cifar10")
-        for m in ("vit", "tnt", "nested_tnt"))
+        str(sweep_dir / d / m / "seed1")
+        for d in ("cifar100", "cifar10")
+        for m in ("vit", "tnt", "nested_tnt")
+    )
     rows = _csv_rows(sweep_dir / "table.csv")
     assert rows["cifar10", "tnt"]["n"] == "3" and rows["cifar10", "tnt"]["missing_seeds"] == ""
     assert "Runs without results" not in (sweep_dir / "table.md").read_text()
@@ -237,15 +282,31 @@ def test_failed_run_does_not_stop_the_sweep(fake, monkeypatch):
 def test_tables_hold_the_statistics_of_the_results(fake):
     trainer, calls, sweep_dir = fake
     seeds = [0, 1, 2, 3]
-    assert _cli(trainer, sweep_dir, "--datasets", "cifar10", "--seeds", *map(str, seeds),
-                "--ablations", "--cpu") == 0
+    assert (
+        _cli(
+            trainer,
+            sweep_dir,
+            "--datasets",
+            "cifar10",
+            "--seeds",
+            *map(str, seeds),
+            "--ablations",
+            "--cpu",
+        )
+        == 0
+    )
     assert len(calls()) == 9 * 4
-    keys = {"vit": "vit", "tnt": "tnt", "nested_tnt": "nested_tnt", "nested_vit": "nested_vit",
-            "nested_tnt-no_inner": "nested_tnt:inner=False",
-            "nested_tnt-no_outer": "nested_tnt:outer=False",
-            "nested_tnt-no_mixer": "nested_tnt:mixer=False",
-            "nested_tnt-no_noise": "nested_tnt:logit_noise=0.0",
-            "nested_tnt-noise_1": "nested_tnt:logit_noise=1.0"}
+    keys = {
+        "vit": "vit",
+        "tnt": "tnt",
+        "nested_tnt": "nested_tnt",
+        "nested_vit": "nested_vit",
+        "nested_tnt-no_inner": "nested_tnt:inner=False",
+        "nested_tnt-no_outer": "nested_tnt:outer=False",
+        "nested_tnt-no_mixer": "nested_tnt:mixer=False",
+        "nested_tnt-no_noise": "nested_tnt:logit_noise=0.0",
+        "nested_tnt-noise_1": "nested_tnt:logit_noise=1.0",
+    }
     top1 = {m: np.array([100 * fake_top1(k, s) for s in seeds]) for m, k in keys.items()}
     rows = _csv_rows(sweep_dir / "table.csv")
     assert [m for (_, m) in rows] == list(keys)
@@ -256,9 +317,12 @@ def test_tables_hold_the_statistics_of_the_results(fake):
         assert float(row["std"]) == pytest.approx(values.std(ddof=1))
         half = 3.1824463052837078 * values.std(ddof=1) / 2.0
         assert float(row["ci_high"]) == pytest.approx(values.mean() + half)
-    compared = {"nested_tnt": ("tnt", "vit"), "nested_vit": ("vit",),
-                "nested_tnt-no_mixer": ("nested_tnt", "tnt"),
-                "nested_tnt-no_inner": ("nested_tnt", "tnt")}
+    compared = {
+        "nested_tnt": ("tnt", "vit"),
+        "nested_vit": ("vit",),
+        "nested_tnt-no_mixer": ("nested_tnt", "tnt"),
+        "nested_tnt-no_inner": ("nested_tnt", "tnt"),
+    }
     for model, refs in compared.items():
         row = rows["cifar10", model]
         for ref in refs:
@@ -282,8 +346,20 @@ def test_tables_hold_the_statistics_of_the_results(fake):
     # --report-only rebuilds from results on disk without training.
     (sweep_dir / "table.md").unlink()
     (sweep_dir / "cifar10/vit/seed2/results.json").unlink()
-    assert _cli(trainer, sweep_dir, "--datasets", "cifar10", "--seeds", *map(str, seeds),
-                "--ablations", "--cpu", "--report-only") == 1
+    assert (
+        _cli(
+            trainer,
+            sweep_dir,
+            "--datasets",
+            "cifar10",
+            "--seeds",
+            *map(str, seeds),
+            "--ablations",
+            "--cpu",
+            "--report-only",
+        )
+        == 1
+    )
     assert calls() == []
     assert _csv_rows(sweep_dir / "table.csv")["cifar10", "vit"]["missing_seeds"] == "2"
 
@@ -326,11 +402,13 @@ def test_plot_of_one_seed_keeps_a_sensible_span_and_says_n_is_1(tmp_path, monkey
     low, high = ax.get_ylim()
     assert high - low >= sweep.MIN_PLOT_SPAN and low < 29.42 and 29.44 < high
     assert "n = 1" in ax.get_title()
-    assert [t.get_text() for t in ax.get_xticklabels()] == [
-        "nested_tnt\n(n = 1)", "tnt\n(n = 1)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["nested_tnt\n(n = 1)", "tnt\n(n = 1)"]
     # Several seeds far apart keep their own span, and no n = 1 note.
-    fig = _plotted([_row("nested_tnt", [30.0, 33.0, 35.5]), _row("tnt", [29.0, 31.0, 32.0])],
-                   tmp_path, monkeypatch)
+    fig = _plotted(
+        [_row("nested_tnt", [30.0, 33.0, 35.5]), _row("tnt", [29.0, 31.0, 32.0])],
+        tmp_path,
+        monkeypatch,
+    )
     (ax,) = fig.axes
     low, high = ax.get_ylim()
     assert high - low > 6.5 and ax.get_title() == "cifar10"

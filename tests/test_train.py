@@ -22,11 +22,20 @@ from nested_tnt_jax.data import integrity
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 TINY = {
     "vit": dict(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0),
-    "tnt": dict(embed_dim=16, depth=2, inner_dim=8, num_heads_outer=2, num_heads_inner=1,
-                mlp_ratio=1.0),
+    "tnt": dict(
+        embed_dim=16, depth=2, inner_dim=8, num_heads_outer=2, num_heads_inner=1, mlp_ratio=1.0
+    ),
 }
-RESULT_KEYS = {"test_top1", "test_top5", "test_loss", "test_examples", "num_params", "steps",
-               "train_img_per_sec_per_device", "wall_time_s"}
+RESULT_KEYS = {
+    "test_top1",
+    "test_top5",
+    "test_loss",
+    "test_examples",
+    "num_params",
+    "steps",
+    "train_img_per_sec_per_device",
+    "wall_time_s",
+}
 
 
 def tiny_config(name: str, model: str, steps: int = 4):
@@ -52,8 +61,10 @@ def _count_mock_split(dataset, split, data_dir, field):
 
 
 def run(config, workdir):
-    with tfds.testing.mock_data(num_examples=40), mock.patch.object(
-            integrity, "check_split", _count_mock_split):
+    with (
+        tfds.testing.mock_data(num_examples=40),
+        mock.patch.object(integrity, "check_split", _count_mock_split),
+    ):
         return train.train_and_evaluate(config, str(workdir))
 
 
@@ -177,8 +188,15 @@ def test_finetune_from_timm_checkpoint(tmp_path):
 
     from nested_tnt_jax import convert
 
-    torch_model = tv.VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=4,
-                                       num_heads=4, mlp_ratio=2.0, num_classes=100)
+    torch_model = tv.VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=128,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=100,
+    )
     path = str(tmp_path / "vit.safetensors")
     save_file({k: v.contiguous() for k, v in torch_model.state_dict().items()}, path)
     config = tiny_config("cifar10", "vit", steps=1)
@@ -189,8 +207,9 @@ def test_finetune_from_timm_checkpoint(tmp_path):
     tuned = checkpointing.load_run_params(str(tmp_path / "run"))
     expected = convert.timm_to_flax(convert.load_checkpoint_file(path), config.model.name)
     assert tuned["head"]["kernel"].shape == (128, 10)
-    np.testing.assert_array_equal(tuned["blocks_3"]["mlp"]["fc2"]["kernel"],
-                                  expected["blocks_3"]["mlp"]["fc2"]["kernel"])
+    np.testing.assert_array_equal(
+        tuned["blocks_3"]["mlp"]["fc2"]["kernel"], expected["blocks_3"]["mlp"]["fc2"]["kernel"]
+    )
     np.testing.assert_array_equal(tuned["pos_embed"], expected["pos_embed"])
 
 

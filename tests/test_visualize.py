@@ -17,8 +17,12 @@ from test_predict import (
 
 from nested_tnt_jax import errors, models, runs, visualize
 
-PNGS = ("outer_attention.png", "inner_attention.png", "correlation_inner.png",
-        "correlation_outer.png")
+PNGS = (
+    "outer_attention.png",
+    "inner_attention.png",
+    "correlation_inner.png",
+    "correlation_outer.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +59,19 @@ def test_cli_writes_pngs_with_one_panel_per_layer_head_or_pair(setup, tmp_path, 
 def test_layer_and_head_selection(setup, tmp_path, capsys):
     workdir, image, _, _ = setup
     out = tmp_path / "some"
-    assert visualize.main([f"--workdir={workdir}", f"--image={image}", f"--out={out}",
-                           "--layers=1,3", "--heads=2", "--query_word=16"]) == 0
+    assert (
+        visualize.main(
+            [
+                f"--workdir={workdir}",
+                f"--image={image}",
+                f"--out={out}",
+                "--layers=1,3",
+                "--heads=2",
+                "--query_word=16",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     # Two layers x one head; the pairs that start at a chosen layer and have a next one.
     for name, panels in zip(PNGS, (2, 2, 1, 1)):
@@ -65,14 +80,16 @@ def test_layer_and_head_selection(setup, tmp_path, capsys):
     assert visualize.parse_selection("", 4, "layers") is None
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--layers=4", "it has 3 layers, numbered 1..3"),
-    ("--layers=2-x", "it has 3 layers"),
-    ("--heads=3", "it has 2 heads"),
-    ("--query_word=17", "query word 17 does not exist: a patch has 16 words"),
-])
-def test_bad_selection_is_one_paragraph_and_writes_nothing(setup, tmp_path, capsys, flag,
-                                                          message):
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--layers=4", "it has 3 layers, numbered 1..3"),
+        ("--layers=2-x", "it has 3 layers"),
+        ("--heads=3", "it has 2 heads"),
+        ("--query_word=17", "query word 17 does not exist: a patch has 16 words"),
+    ],
+)
+def test_bad_selection_is_one_paragraph_and_writes_nothing(setup, tmp_path, capsys, flag, message):
     workdir, image, _, _ = setup
     out = tmp_path / "none"
     args = [f"--workdir={workdir}", f"--image={image}", f"--out={out}", flag]
@@ -107,7 +124,7 @@ def test_logits_per_layer_and_rows_sum_to_one(setup):
             np.testing.assert_allclose(visualize.softmax(logits).sum(-1), 1.0, rtol=1e-5)
     # Class token over patches plus its weight on itself is one distribution.
     cls = visualize.class_token_maps(chains["outer"], grid)
-    self_weight = np.stack([visualize.softmax(l[0])[:, 0, 0] for l in chains["outer"]])
+    self_weight = np.stack([visualize.softmax(layer[0])[:, 0, 0] for layer in chains["outer"]])
     np.testing.assert_allclose(cls.sum((2, 3)) + self_weight, 1.0, rtol=1e-5)
     # Each patch's tile of word weights sums to one, averaged over queries or from one word.
     for query in (None, words**2 - 1):
@@ -142,35 +159,47 @@ def test_correlation_of_a_layer_with_itself_and_with_the_next(setup):
     # A head that copies another (up to scale and shift) correlates exactly +-1 with it.
     a = chains["outer"][0]
     b = np.concatenate([3.0 * a[:, 1:2] + 2.0, -a[:, :1]], axis=1)
-    np.testing.assert_allclose(visualize.head_correlation(a, b)[[1, 0], [0, 1]], [1.0, -1.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        visualize.head_correlation(a, b)[[1, 0], [0, 1]], [1.0, -1.0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["vit_cifar_patch8_32", "nested_vit_cifar_patch8_32"])
 def test_render_vit_and_nested_vit_have_no_inner_figure(tmp_path, name):
-    model = models.create_model(name, num_classes=10, embed_dim=16, depth=2, num_heads=2,
-                                mlp_ratio=1.0)
+    model = models.create_model(
+        name, num_classes=10, embed_dim=16, depth=2, num_heads=2, mlp_ratio=1.0
+    )
     params = random_params(model, 0)
     images = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
     picture = np.full((32, 32, 3), 0.5)
     written = visualize.render(model, params, images, picture, str(tmp_path), heads=[1])
     assert {p.split("/")[-1]: n for p, n in written.items()} == {
-        "outer_attention.png": 2, "correlation_outer.png": 1}
+        "outer_attention.png": 2,
+        "correlation_outer.png": 1,
+    }
 
 
 def _texts_outside(fig) -> list[str]:
     """The visible texts of `fig` (labels, titles, tick labels) that reach past its edges."""
     fig.canvas.draw()
     box = fig.bbox
-    return [t.get_text() for t in fig.findobj(matplotlib.text.Text)
-            if t.get_visible() and t.get_text().strip()
-            and not (box.x0 - 1 <= t.get_window_extent().x0 and t.get_window_extent().x1
-                     <= box.x1 + 1 and box.y0 - 1 <= t.get_window_extent().y0
-                     and t.get_window_extent().y1 <= box.y1 + 1)]
+    return [
+        t.get_text()
+        for t in fig.findobj(matplotlib.text.Text)
+        if t.get_visible()
+        and t.get_text().strip()
+        and not (
+            box.x0 - 1 <= t.get_window_extent().x0
+            and t.get_window_extent().x1 <= box.x1 + 1
+            and box.y0 - 1 <= t.get_window_extent().y0
+            and t.get_window_extent().y1 <= box.y1 + 1
+        )
+    ]
 
 
-@pytest.mark.parametrize("layers, heads", [(None, None), ([0], [0]), ([0], None), ([2], [1]),
-                                           (None, [0])])
+@pytest.mark.parametrize(
+    "layers, heads", [(None, None), ([0], [0]), ([0], None), ([2], [1]), (None, [0])]
+)
 def test_no_label_is_cut_for_any_selection(setup, layers, heads):
     _, _, run, chains = setup
     model = run.model
@@ -179,20 +208,28 @@ def test_no_label_is_cut_for_any_selection(setup, layers, heads):
     layers = list(range(TINY_TNT["depth"])) if layers is None else layers
     picture = np.full((32, 32, 3), 0.5)
     for chain, maps, uniform in (
-            ("outer", visualize.class_token_maps(chains["outer"], grid), 1.0 / (grid**2 + 1)),
-            ("inner", visualize.word_maps(chains["inner"], grid, words), 1.0 / words**2)):
+        ("outer", visualize.class_token_maps(chains["outer"], grid), 1.0 / (grid**2 + 1)),
+        ("inner", visualize.word_maps(chains["inner"], grid, words), 1.0 / words**2),
+    ):
         chosen = list(range(TINY_TNT[f"num_heads_{chain}"])) if heads is None else heads
-        fig = visualize.overlay_figure(picture, maps[np.ix_(layers, chosen)], layers, chosen,
-                                       "A title as long as the figures' own titles, " * 3,
-                                       uniform, borders=8)
+        fig = visualize.overlay_figure(
+            picture,
+            maps[np.ix_(layers, chosen)],
+            layers,
+            chosen,
+            "A title as long as the figures' own titles, " * 3,
+            uniform,
+            borders=8,
+        )
         bar_label = fig.axes[-1].xaxis.label.get_text()
         assert "even weight" in bar_label
         assert not _texts_outside(fig), (chain, layers, heads, _texts_outside(fig))
         plt.close(fig)
-    pairs = [l for l in layers if l + 1 < TINY_TNT["depth"]]
+    pairs = [layer for layer in layers if layer + 1 < TINY_TNT["depth"]]
     if pairs:
-        matrices = [visualize.head_correlation(chains["outer"][l], chains["outer"][l + 1])
-                    for l in pairs]
+        matrices = [
+            visualize.head_correlation(chains["outer"][i], chains["outer"][i + 1]) for i in pairs
+        ]
         fig = visualize.correlation_figure(matrices, pairs, "Correlation title " * 6)
         assert not _texts_outside(fig)
         plt.close(fig)
@@ -216,8 +253,13 @@ def test_overlay_colours_are_ratios_to_even_attention():
 
 def test_cli_prints_no_library_warnings_at_its_default_verbosity(setup, tmp_path):
     workdir, image, _, _ = setup
-    proc = run_cli("visualize", f"--workdir={workdir}", f"--image={image}",
-                f"--out={tmp_path / 'maps'}", "--layers=1")
+    proc = run_cli(
+        "visualize",
+        f"--workdir={workdir}",
+        f"--image={image}",
+        f"--out={tmp_path / 'maps'}",
+        "--layers=1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert not warning_lines(proc.stderr), proc.stderr
     assert proc.stdout.count(" panels)") == 4

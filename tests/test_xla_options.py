@@ -1,4 +1,5 @@
-"""The XLA options of the training and evaluation steps: what they change, and when they step aside."""
+"""The XLA options of the training and evaluation steps: what they change, and when they step
+aside."""
 
 import flax.linen as nn
 import jax

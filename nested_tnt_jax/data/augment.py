@@ -13,6 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from nested_tnt_jax.errors import ConfigError, check_range
+
 # Inception-style random resized crop: area fraction and aspect-ratio range.
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -49,9 +51,7 @@ def pad_and_crop(image: np.ndarray, rng: np.random.Generator, pad: int) -> np.nd
     return padded[top : top + height, left : left + width]
 
 
-def random_resized_crop(
-    image: np.ndarray, rng: np.random.Generator, size: int
-) -> np.ndarray:
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     """Crops a random area (8-100 %) and aspect ratio (3/4-4/3) and resizes it to `size`.
 
     Ten tries for a box that fits, as in Inception; then the largest centred box with an
@@ -98,17 +98,23 @@ CROP_MODES = ("pad", "random_resized")
 def check_config(augment) -> None:
     """Raises ConfigError (naming the field) for an `augment` config block out of range: the
     host crop and padding here, and the on-device mixup / cutmix / label smoothing."""
-    from nested_tnt_jax.errors import ConfigError, check_range
 
     if augment.crop not in CROP_MODES:
         raise ConfigError(
             f"config.augment.crop is {augment.crop!r}; use 'pad' (CIFAR pad-and-crop) or "
-            "'random_resized' (random resized crop).")
+            "'random_resized' (random resized crop)."
+        )
     check_range("augment.pad", augment.pad, low=0, integer=True, hint="pixels per side")
     check_range("augment.mixup_alpha", augment.mixup_alpha, low=0, hint="0 for no mixup")
     check_range("augment.cutmix_alpha", augment.cutmix_alpha, low=0, hint="0 for no cutmix")
-    check_range("augment.label_smoothing", augment.label_smoothing, low=0, high=1,
-                high_open=True, hint="0 for none")
+    check_range(
+        "augment.label_smoothing",
+        augment.label_smoothing,
+        low=0,
+        high=1,
+        high_open=True,
+        hint="0 for none",
+    )
 
 
 def check_crop(crop: str) -> None:

@@ -47,12 +47,20 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _cifar(name: str, num_classes: int, mean: tuple[float, float, float],
-           std: tuple[float, float, float]) -> DatasetInfo:
+def _cifar(
+    name: str, num_classes: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> DatasetInfo:
     """A CIFAR entry: the last 2% of train (1,000 images) held out for validation, pad crop."""
-    return DatasetInfo(name=name, num_classes=num_classes, train_split="train[:98%]",
-                       eval_split="train[98%:]", test_split="test", crop="pad", mean=mean,
-                       std=std)
+    return DatasetInfo(
+        name=name,
+        num_classes=num_classes,
+        train_split="train[:98%]",
+        eval_split="train[98%:]",
+        test_split="test",
+        crop="pad",
+        mean=mean,
+        std=std,
+    )
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -114,7 +122,8 @@ def _prepare_or_raise(name: str, data_dir: str) -> None:
             "a machine with TensorFlow (`pip install -e '.[tf]'`, then any training command "
             f"with a local data_dir), and copy the folder {name}/ into {data_dir} "
             f"(gcloud storage cp -r LOCAL_DATA_DIR/{name} {data_dir}/); or point "
-            "dataset.data_dir (or $TFDS_DATA_DIR) at a directory that already holds it.")
+            "dataset.data_dir (or $TFDS_DATA_DIR) at a directory that already holds it."
+        )
     manual_dir = os.path.join(data_dir, "downloads", "manual")
     url_infos = builder.url_infos or {}
     archives: Sequence[str] = [
@@ -158,7 +167,8 @@ def check_packages(name: str, data_dir: str | None) -> None:
         "download_and_prepare)",
         f"point config.dataset.data_dir (or $TFDS_DATA_DIR) at a directory holding a prepared "
         f"ArrayRecord copy ({name}/<version>/ with dataset_info.json, features.json and the "
-        f"{name}-<split>.array_record-* files); training itself needs no TensorFlow")
+        f"{name}-<split>.array_record-* files); training itself needs no TensorFlow",
+    )
 
 
 def open_source(name: str, split: str, data_dir: str | None = None):

@@ -26,11 +26,10 @@ def _brief(error: BaseException, limit: int = 300) -> str:
 def check_split(dataset: str, split: str, data_dir: str | None, field: str) -> int:
     """The number of examples of `split` after reading all of them; RunError naming the
     file, the split and the config `field` that chose it when one cannot be read."""
-    from array_record.python.array_record_module import ArrayRecordReader
+    from array_record.python.array_record_module import ArrayRecordReader  # noqa: PLC0415 (array_record's reader, only for the check)
 
     count = len(open_source(dataset, split, data_dir))
-    builder = tfds.builder(dataset, data_dir=resolve_data_dir(data_dir),
-                           file_format="array_record")
+    builder = tfds.builder(dataset, data_dir=resolve_data_dir(data_dir), file_format="array_record")
     read = 0
     for instruction in builder.info.splits[split].file_instructions:
         path = instruction.filename
@@ -45,15 +44,17 @@ def check_split(dataset: str, split: str, data_dir: str | None, field: str) -> i
                     read += len(reader.read(list(range(start, stop))))
             finally:
                 reader.close()
-        except Exception as e:  # noqa: BLE001 (riegeli and the OS raise several types)
+        except Exception as e:
             raise RunError(
                 f"The data file {path} of the {split!r} split of {dataset} "
                 f"(config.{field}) cannot be read: {_brief(e)}. The file is damaged or "
                 "incomplete; copy or prepare the dataset again (or point "
-                "config.dataset.data_dir at an intact copy). Nothing was trained.") from e
+                "config.dataset.data_dir at an intact copy). Nothing was trained."
+            ) from e
     if read != count:
         raise RunError(
             f"The {split!r} split of {dataset} (config.{field}) has {count} examples in its "
             f"metadata but {read} records in its files under {resolve_data_dir(data_dir)}. "
-            "The dataset is incomplete; copy or prepare it again.")
+            "The dataset is incomplete; copy or prepare it again."
+        )
     return count

@@ -27,6 +27,7 @@ import numpy as np
 
 from nested_tnt_jax.data import augment
 from nested_tnt_jax.data.datasets import DatasetInfo, dataset_info, open_source
+from nested_tnt_jax.errors import check_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,9 @@ class EvalTransform(grain.transforms.Map):
     def map(self, element: dict[str, Any]):
         image = element["image"]
         return {
-            "image": image if self.viewed else augment.eval_view(image, crop=self.crop,
-                                                                  size=self.size),
+            "image": image
+            if self.viewed
+            else augment.eval_view(image, crop=self.crop, size=self.size),
             "label": np.int32(element["label"]),
             "mask": np.bool_(element["mask"]),
             "index": np.int32(element["index"]),
@@ -79,8 +81,10 @@ class DecodedSource:
 
     def __init__(self, source, image_fn: Callable[[np.ndarray], np.ndarray] | None = None):
         image_fn = image_fn or (lambda image: image)
-        self._records = [{"image": image_fn(r["image"]), "label": r["label"]}
-                         for r in map(source.__getitem__, range(len(source)))]
+        self._records = [
+            {"image": image_fn(r["image"]), "label": r["label"]}
+            for r in map(source.__getitem__, range(len(source)))
+        ]
         self._name = repr(source)
 
     def __len__(self) -> int:
@@ -128,14 +132,28 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=8, prefetch_buffer_size=64)
 
 def check_input_config(input_config) -> None:
     """Raises ConfigError (naming the field) for an `input` config block out of range."""
-    from nested_tnt_jax.errors import check_range
 
-    check_range("input.worker_count", input_config.worker_count, low=0, integer=True,
-                hint="grain worker processes; 0 reads in the main process")
-    check_range("input.prefetch", input_config.prefetch, low=1, integer=True,
-                hint="batches each worker keeps ready")
-    check_range("input.host_image_size", input_config.host_image_size, low=0, integer=True,
-                hint="0 ships images at image_size")
+    check_range(
+        "input.worker_count",
+        input_config.worker_count,
+        low=0,
+        integer=True,
+        hint="grain worker processes; 0 reads in the main process",
+    )
+    check_range(
+        "input.prefetch",
+        input_config.prefetch,
+        low=1,
+        integer=True,
+        hint="batches each worker keeps ready",
+    )
+    check_range(
+        "input.host_image_size",
+        input_config.host_image_size,
+        low=0,
+        integer=True,
+        hint="0 ships images at image_size",
+    )
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -161,9 +179,17 @@ class GlobalBatchRows:
     that each worker's last batch is full.
     """
 
-    def __init__(self, order: Any, *, global_batch_size: int, process_index: int,
-                 process_count: int, worker_count: int, start_batch: int = 0,
-                 num_batches: int | None = None):
+    def __init__(
+        self,
+        order: Any,
+        *,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        worker_count: int,
+        start_batch: int = 0,
+        num_batches: int | None = None,
+    ):
         self._order = order
         self._global = global_batch_size
         self._local = _local_batch_size(global_batch_size, process_count)
@@ -171,8 +197,9 @@ class GlobalBatchRows:
         self._workers = max(worker_count, 1)
         self._start = start_batch
         if num_batches is not None and num_batches % self._workers:
-            raise ValueError(f"num_batches {num_batches} is not a multiple of the "
-                             f"{self._workers} workers")
+            raise ValueError(
+                f"num_batches {num_batches} is not a multiple of the {self._workers} workers"
+            )
         self._length = sys.maxsize if num_batches is None else num_batches * self._local
 
     def __len__(self) -> int:
@@ -185,13 +212,14 @@ class GlobalBatchRows:
         batch_of_worker, row = divmod(turn, self._local)
         batch = self._start + batch_of_worker * self._workers + worker
         metadata = self._order[batch * self._global + self._process * self._local + row]
-        return grain.RecordMetadata(index=index, record_key=metadata.record_key,
-                                    rng=metadata.rng)
+        return grain.RecordMetadata(index=index, record_key=metadata.record_key, rng=metadata.rng)
 
     def __repr__(self) -> str:
-        return (f"GlobalBatchRows({self._order!r}, global_batch_size={self._global}, "
-                f"process={self._process}, workers={self._workers}, "
-                f"start_batch={self._start}, length={self._length})")
+        return (
+            f"GlobalBatchRows({self._order!r}, global_batch_size={self._global}, "
+            f"process={self._process}, workers={self._workers}, "
+            f"start_batch={self._start}, length={self._length})"
+        )
 
 
 def _loader(source, sampler, operations, worker_count, prefetch):
@@ -220,13 +248,22 @@ def _loader(source, sampler, operations, worker_count, prefetch):
 CACHED_TRAIN_SCALE = 2
 
 
-def _open(dataset: str, split: str, data_dir: str | None, cache_decoded: bool,
-          image_fn: Callable[[np.ndarray], np.ndarray] | None = None):
+def _open(
+    dataset: str,
+    split: str,
+    data_dir: str | None,
+    cache_decoded: bool,
+    image_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+):
     source = open_source(dataset, split, data_dir)
     if not cache_decoded:
         return source
-    logging.info("Reading %s %s (%d records) into memory (input.cache_decoded)...",
-                 dataset, split, len(source))
+    logging.info(
+        "Reading %s %s (%d records) into memory (input.cache_decoded)...",
+        dataset,
+        split,
+        len(source),
+    )
     start = time.perf_counter()
     source = DecodedSource(source, image_fn)
     logging.info("Read %s %s in %.1f s.", dataset, split, time.perf_counter() - start)
@@ -252,16 +289,28 @@ class _Reading:
     local_batch: int
 
 
-def _reading(dataset_config: Any, augment_config: Any, input_config: Any, image_size: int,
-             global_batch_size: int, process_index: int | None,
-             process_count: int | None) -> _Reading:
+def _reading(
+    dataset_config: Any,
+    augment_config: Any,
+    input_config: Any,
+    image_size: int,
+    global_batch_size: int,
+    process_index: int | None,
+    process_count: int | None,
+) -> _Reading:
     info = dataset_info(dataset_config.name)
     crop = augment_config.crop or info.crop
     augment.check_crop(crop)
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    return _Reading(info, crop, host_image_size(input_config, image_size), index, count,
-                    _local_batch_size(global_batch_size, count))
+    return _Reading(
+        info,
+        crop,
+        host_image_size(input_config, image_size),
+        index,
+        count,
+        _local_batch_size(global_batch_size, count),
+    )
 
 
 def create_train_iterator(
@@ -290,25 +339,43 @@ def create_train_iterator(
     host size). `process_index`/`process_count` default to jax's (override them only to
     simulate hosts).
     """
-    r = _reading(dataset_config, augment_config, input_config, image_size, global_batch_size,
-                 process_index, process_count)
+    r = _reading(
+        dataset_config,
+        augment_config,
+        input_config,
+        image_size,
+        global_batch_size,
+        process_index,
+        process_count,
+    )
     shrink = None
     if r.crop == "random_resized":
         shrink = functools.partial(augment.shrink, short_side=CACHED_TRAIN_SCALE * r.size)
-    source = _open(dataset_config.name, dataset_config.train_split or r.info.train_split,
-                   dataset_config.data_dir, input_config.cache_decoded, shrink)
+    source = _open(
+        dataset_config.name,
+        dataset_config.train_split or r.info.train_split,
+        dataset_config.data_dir,
+        input_config.cache_decoded,
+        shrink,
+    )
     order = grain.samplers.IndexSampler(
-        num_records=len(source), shuffle=True, num_epochs=None, seed=seed)
-    sampler = GlobalBatchRows(order, global_batch_size=global_batch_size,
-                              process_index=r.process_index, process_count=r.process_count,
-                              worker_count=input_config.worker_count, start_batch=start_step)
+        num_records=len(source), shuffle=True, num_epochs=None, seed=seed
+    )
+    sampler = GlobalBatchRows(
+        order,
+        global_batch_size=global_batch_size,
+        process_index=r.process_index,
+        process_count=r.process_count,
+        worker_count=input_config.worker_count,
+        start_batch=start_step,
+    )
     operations = [
-        TrainTransform(crop=r.crop, pad=augment_config.pad, flip=augment_config.flip,
-                       size=r.size),
+        TrainTransform(crop=r.crop, pad=augment_config.pad, flip=augment_config.flip, size=r.size),
         grain.transforms.Batch(batch_size=r.local_batch, drop_remainder=True),
     ]
-    return iter(_loader(source, sampler, operations, input_config.worker_count,
-                        input_config.prefetch))
+    return iter(
+        _loader(source, sampler, operations, input_config.worker_count, input_config.prefetch)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,13 +420,21 @@ def create_eval_batches(
     `create_train_iterator` (images of varying size are stored as their eval views, so the
     batches are the same as without it); each `for` loop then reads memory only.
     """
-    r = _reading(dataset_config, augment_config, input_config, image_size, global_batch_size,
-                 process_index, process_count)
+    r = _reading(
+        dataset_config,
+        augment_config,
+        input_config,
+        image_size,
+        global_batch_size,
+        process_index,
+        process_count,
+    )
     cache_decoded = input_config.cache_decoded
     viewed = cache_decoded and r.crop == "random_resized"
     view = functools.partial(augment.eval_view, crop=r.crop, size=r.size)
-    source = _open(dataset_config.name, split, dataset_config.data_dir, cache_decoded,
-                   view if viewed else None)
+    source = _open(
+        dataset_config.name, split, dataset_config.data_dir, cache_decoded, view if viewed else None
+    )
     num_examples = len(source)
     num_steps = math.ceil(num_examples / global_batch_size)
     # Whole turns of the workers (see `GlobalBatchRows`); batches past num_steps are padding.
@@ -368,13 +443,15 @@ def create_eval_batches(
     padded = PaddedSource(source, loader_batches * global_batch_size)
     sampler = GlobalBatchRows(
         grain.samplers.IndexSampler(num_records=len(padded), shuffle=False, num_epochs=1),
-        global_batch_size=global_batch_size, process_index=r.process_index,
-        process_count=r.process_count, worker_count=input_config.worker_count,
-        num_batches=loader_batches)
+        global_batch_size=global_batch_size,
+        process_index=r.process_index,
+        process_count=r.process_count,
+        worker_count=input_config.worker_count,
+        num_batches=loader_batches,
+    )
     operations = [
         EvalTransform(crop=r.crop, size=r.size, viewed=viewed),
         grain.transforms.Batch(batch_size=r.local_batch, drop_remainder=True),
     ]
-    loader = _loader(padded, sampler, operations, input_config.worker_count,
-                     input_config.prefetch)
+    loader = _loader(padded, sampler, operations, input_config.worker_count, input_config.prefetch)
     return EvalBatches(loader=loader, num_steps=num_steps, num_examples=num_examples)

@@ -25,14 +25,25 @@ from nested_tnt_jax.models import registry
 from nested_tnt_jax.models.layers import params_to_loop, params_to_scan
 from nested_tnt_jax.models.nesting import Nesting
 from nested_tnt_jax.models.registry import family_of
+
 # The built-in families, each registering itself; then those named by the environment.
 from nested_tnt_jax.models.tnt import TNT
 from nested_tnt_jax.models.vit import ViT
 
 registry.load_external()
 
-__all__ = ["create_model", "family_of", "list_models", "model_config", "params_to_loop",
-           "params_to_scan", "Nesting", "TNT", "ViT"]
+__all__ = [
+    "create_model",
+    "family_of",
+    "list_models",
+    "model_config",
+    "params_to_loop",
+    "params_to_scan",
+    "Nesting",
+    "TNT",
+    "ViT",
+]
+
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
@@ -50,8 +61,11 @@ def model_config(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
 
 
 def create_model(
-    name: str, num_classes: int = 1000, img_size: int | None = None,
-    nesting: Nesting | Mapping[str, Any] | None = None, **overrides: Any
+    name: str,
+    num_classes: int = 1000,
+    img_size: int | None = None,
+    nesting: Nesting | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> nn.Module:
     """Build registered model `name` for `num_classes` classes at `img_size` (None: its own).
 
@@ -64,25 +78,31 @@ def create_model(
     family, kwargs = registry.lookup(name)
     cls = family.module
     overrides, legacy = nesting_spec.split_legacy(overrides)
-    changes = {**legacy, **(nesting.to_dict() if isinstance(nesting, Nesting)
-                            else dict(nesting or {}))}
+    changes = {
+        **legacy,
+        **(nesting.to_dict() if isinstance(nesting, Nesting) else dict(nesting or {})),
+    }
     unknown = sorted(set(changes) - set(nesting_spec.FIELDS))
     if unknown:
-        raise ValueError(f"Unknown nesting field(s) {', '.join(unknown)}; the fields are "
-                         f"{', '.join(nesting_spec.FIELDS)}.")
+        raise ValueError(
+            f"Unknown nesting field(s) {', '.join(unknown)}; the fields are "
+            f"{', '.join(nesting_spec.FIELDS)}."
+        )
     spec = kwargs.get("nesting", Nesting()).replace(**changes)
     valid = [f for f in _fields(cls) if f != "nesting"]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(
             f"Unknown override(s) {', '.join(unknown)} for model {name!r} ({cls.__name__}). "
-            f"Valid overrides: {', '.join(sorted(valid))}.")
+            f"Valid overrides: {', '.join(sorted(valid))}."
+        )
     missing = [c for c in nesting_spec.CHAINS if spec.nested(c) and c not in family.chain_names]
     if missing:
         raise ValueError(
             f"Model {name!r} has no {' or '.join(missing)} attention chain to nest (its "
             f"chains: {', '.join(family.chain_names)}); set "
-            f"{', '.join(f'model.nesting.{c}=False' for c in missing)}.")
+            f"{', '.join(f'model.nesting.{c}=False' for c in missing)}."
+        )
     kwargs.update(overrides)
     kwargs["nesting"] = spec
     kwargs["num_classes"] = num_classes
@@ -101,5 +121,6 @@ def create_model(
         raise ValueError(
             f"Image size {module.img_size} is not divisible by the patch size "
             f"{module.patch_size} of model {name!r}; pass an img_size that is a multiple of "
-            f"{module.patch_size}.")
+            f"{module.patch_size}."
+        )
     return module

@@ -68,10 +68,15 @@ class LogitMixer(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         hidden = self.ratio * self.num_heads
         widths = (self.num_heads, hidden, hidden, self.num_heads)
-        layers = tuple(HeadDense(fan_out, self.dtype, name=f"fc{i + 1}")(fan_in)
-                       for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])))
-        form, block = (ops.mixer_form(hidden) if self.form == "auto"
-                       else (self.form, ops.CPU_BLOCK_ELEMENTS // hidden))
+        layers = tuple(
+            HeadDense(fan_out, self.dtype, name=f"fc{i + 1}")(fan_in)
+            for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:]))
+        )
+        form, block = (
+            ops.mixer_form(hidden)
+            if self.form == "auto"
+            else (self.form, ops.CPU_BLOCK_ELEMENTS // hidden)
+        )
         return mix_heads(layers, z.reshape(z.shape[0], -1), form, block).reshape(z.shape)
 
 
@@ -125,8 +130,9 @@ class Attention(nn.Module):
             if prev_logits is not None:
                 logits = logits + prev_logits.astype(logits.dtype)
                 if nesting.mixer:
-                    logits = logits + LogitMixer(h, nesting.mixer_ratio, self.dtype,
-                                                 name="mixer")(logits)
+                    logits = logits + LogitMixer(h, nesting.mixer_ratio, self.dtype, name="mixer")(
+                        logits
+                    )
             if not self.deterministic and nesting.logit_noise > 0.0:
                 noise = jax.random.normal(self.make_rng("noise"), logits.shape, logits.dtype)
                 logits = logits + jnp.asarray(nesting.logit_noise, logits.dtype) * noise

@@ -25,10 +25,18 @@ PyTree = Any
 
 # The official TNT release names -> timm's names (timm's `checkpoint_filter_fn`).
 _OFFICIAL_RENAMES = (
-    ("outer_pos", "patch_pos"), ("inner_pos", "pixel_pos"), ("patch_embed", "pixel_embed"),
-    ("proj_norm1", "norm1_proj"), ("proj_norm2", "norm2_proj"), ("inner_norm1", "norm_in"),
-    ("inner_attn", "attn_in"), ("inner_norm2", "norm_mlp_in"), ("inner_mlp", "mlp_in"),
-    ("outer_norm1", "norm_out"), ("outer_attn", "attn_out"), ("outer_norm2", "norm_mlp"),
+    ("outer_pos", "patch_pos"),
+    ("inner_pos", "pixel_pos"),
+    ("patch_embed", "pixel_embed"),
+    ("proj_norm1", "norm1_proj"),
+    ("proj_norm2", "norm2_proj"),
+    ("inner_norm1", "norm_in"),
+    ("inner_attn", "attn_in"),
+    ("inner_norm2", "norm_mlp_in"),
+    ("inner_mlp", "mlp_in"),
+    ("outer_norm1", "norm_out"),
+    ("outer_attn", "attn_out"),
+    ("outer_norm2", "norm_mlp"),
     ("outer_mlp", "mlp"),
 )
 _POS_EMBEDS = ("patch_pos", "pos_embed")  # (1, 1 + grid * grid, dim), class token first
@@ -43,10 +51,10 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # noqa: PLC0415 (optional: only timm files need them)
 
         return load_file(path)
-    import torch
+    import torch  # noqa: PLC0415 (optional: only timm files need them)
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict_ema", "state_dict", "model"):
@@ -102,8 +110,12 @@ def resample_pos_embed(posemb: np.ndarray, num_tokens: int, num_prefix: int = 1)
     new = math.isqrt(num_tokens - num_prefix)
     prefix, grid = posemb[:, :num_prefix], posemb[:, num_prefix:]
     dim = grid.shape[-1]
-    grid = jax.image.resize(jnp.asarray(grid.reshape(1, old, old, dim), jnp.float32),
-                            (1, new, new, dim), method="bicubic", antialias=True)
+    grid = jax.image.resize(
+        jnp.asarray(grid.reshape(1, old, old, dim), jnp.float32),
+        (1, new, new, dim),
+        method="bicubic",
+        antialias=True,
+    )
     return np.concatenate([prefix, np.asarray(grid).reshape(1, new * new, dim)], axis=1)
 
 
@@ -161,7 +173,8 @@ def timm_to_flax(
             f"{_brief('shape mismatches (Flax layout)', mismatched)}"
             "Pass the model name the checkpoint was trained as (see "
             "nested_tnt_jax.models.list_models()), and num_classes / img_size to adapt its "
-            "head and position embedding.")
+            "head and position embedding."
+        )
 
     init = jax.jit(model.init)(jax.random.key(seed), images)["params"] if fresh else None
 

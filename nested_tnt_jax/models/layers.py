@@ -24,8 +24,13 @@ conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 def dense(features: int, name: str, dtype: Dtype, use_bias: bool = True) -> nn.Dense:
     """A Dense with timm's init and float32 params computing in `dtype`."""
     return nn.Dense(
-        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name=name)
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=dense_init,
+        name=name,
+    )
 
 
 def layer_norm(eps: float, name: str, dtype: Dtype) -> nn.LayerNorm:
@@ -95,7 +100,8 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> np.ndarray:
 # because XLA fuses them into their consumers. Saving only these makes the scanned step faster
 # and smaller than saving everything (docs/performance.md, "Scanned blocks").
 SCAN_SAVED_PRIMITIVES = frozenset(
-    {"dot_general", "conv_general_dilated", "exp", "erf", "custom_vjp_call"})
+    {"dot_general", "conv_general_dilated", "exp", "erf", "custom_vjp_call"}
+)
 
 
 def scan_residual_policy(prim: Primitive, *_, **__) -> bool:
@@ -129,11 +135,13 @@ def stack_blocks(
     if scan:
         body = cls if remat else nn.remat(block, policy=scan_residual_policy)
         scanned = nn.scan(
-            body, variable_axes={"params": 0},
+            body,
+            variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True, "noise": True},
-            in_axes=0, length=len(rates) - 1)
-        carry, _ = scanned(**block_kwargs, name="blocks")(
-            carry, jnp.asarray(rates[1:]))
+            in_axes=0,
+            length=len(rates) - 1,
+        )
+        carry, _ = scanned(**block_kwargs, name="blocks")(carry, jnp.asarray(rates[1:]))
         return carry
     for i, rate in enumerate(rates[1:], start=1):
         carry, _ = cls(**block_kwargs, name=f"blocks_{i}")(carry, float(rate))
@@ -162,4 +170,3 @@ def params_to_loop(params: PyTree) -> PyTree:
         for i in range(depth):
             params[f"blocks_{i + 1}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
     return params
-

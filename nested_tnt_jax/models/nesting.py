@@ -59,8 +59,14 @@ RANGES: dict[str, dict[str, Any]] = {
     "logit_noise": dict(low=0, hint="the standard deviation of the nested-attention noise"),
 }
 # Old model-override names of the nesting switches -> `Nesting` fields.
-LEGACY_NAMES = {"nest_inner": "inner", "nest_outer": "outer", "nested": "outer",
-                "mixer": "mixer", "mixer_ratio": "mixer_ratio", "logit_noise": "logit_noise"}
+LEGACY_NAMES = {
+    "nest_inner": "inner",
+    "nest_outer": "outer",
+    "nested": "outer",
+    "mixer": "mixer",
+    "mixer_ratio": "mixer_ratio",
+    "logit_noise": "logit_noise",
+}
 _OVERRIDES, _NESTING = "model.overrides.", "model.nesting."
 
 
@@ -81,6 +87,6 @@ def from_legacy(flat: Mapping[str, Any]) -> dict[str, Any]:
     switches renamed to today's fields (`"model.nesting.inner"`); other keys are unchanged."""
     out = {}
     for key, value in flat.items():
-        name = key[len(_OVERRIDES):] if key.startswith(_OVERRIDES) else None
+        name = key[len(_OVERRIDES) :] if key.startswith(_OVERRIDES) else None
         out[_NESTING + LEGACY_NAMES[name] if name in LEGACY_NAMES else key] = value
     return out

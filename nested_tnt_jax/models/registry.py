@@ -112,8 +112,9 @@ def register_model(name: str, family: Family, **fields: Any) -> None:
     _MODELS[name] = (family, dict(fields))
 
 
-def register_choice(name: str, *, paper: str, cpu: str, references: tuple[str, ...] = (),
-                    order: int = 100) -> None:
+def register_choice(
+    name: str, *, paper: str, cpu: str, references: tuple[str, ...] = (), order: int = 100
+) -> None:
     """Registers `model=name` for the configs (its variants must be registered first)."""
     for model in (paper, cpu):
         if model not in _MODELS:

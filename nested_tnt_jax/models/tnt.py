@@ -15,7 +15,15 @@ import jax.numpy as jnp
 from nested_tnt_jax.models import registry
 from nested_tnt_jax.models.attention import Attention
 from nested_tnt_jax.models.layers import (
-    Dtype, DropPath, Mlp, conv_init, dense, drop_path_rates, layer_norm, stack_blocks)
+    Dtype,
+    DropPath,
+    Mlp,
+    conv_init,
+    dense,
+    drop_path_rates,
+    layer_norm,
+    stack_blocks,
+)
 from nested_tnt_jax.models.nesting import Nesting
 
 TNT_EPS = 1e-5  # timm's TNT uses nn.LayerNorm's default epsilon
@@ -24,6 +32,7 @@ Carry = tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]
 
 
 # --- the word embedding ------------------------------------------------------------------
+
 
 def extract_patches(x: jax.Array, patch: tuple[int, int]) -> jax.Array:
     """(B, H, W, C) -> (B * N, ph, pw, C), patches in row-major grid order (timm's Unfold)."""
@@ -43,8 +52,17 @@ def conv_windows(x: jax.Array, kernel: int, stride: int, pad: int) -> jax.Array:
     out_h = (x.shape[1] - kernel) // stride + 1
     out_w = (x.shape[2] - kernel) // stride + 1
     return jnp.concatenate(
-        [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-         for i in range(kernel) for j in range(kernel)], axis=-1)
+        [
+            x[
+                :,
+                i : i + stride * (out_h - 1) + 1 : stride,
+                j : j + stride * (out_w - 1) + 1 : stride,
+            ]
+            for i in range(kernel)
+            for j in range(kernel)
+        ],
+        axis=-1,
+    )
 
 
 class WindowConv(nn.Module):
@@ -109,6 +127,7 @@ class WordEmbed(nn.Module):
 
 # --- the blocks and the model ---------------------------------------------------------------
 
+
 class TNTBlock(nn.Module):
     """One TNT block: inner transformer on words, words -> sentence, outer transformer.
 
@@ -134,10 +153,18 @@ class TNTBlock(nn.Module):
 
     def _attention(self, dim: int, heads: int, chain: str, name: str) -> Attention:
         return Attention(
-            dim, heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
-            proj_drop=self.proj_drop, nesting=self.nesting, chain=chain,
-            deterministic=self.deterministic, core=self.attention_core, dtype=self.dtype,
-            name=name)
+            dim,
+            heads,
+            qkv_bias=self.qkv_bias,
+            attn_drop=self.attn_drop,
+            proj_drop=self.proj_drop,
+            nesting=self.nesting,
+            chain=chain,
+            deterministic=self.deterministic,
+            core=self.attention_core,
+            dtype=self.dtype,
+            name=name,
+        )
 
     @nn.compact
     def __call__(self, carry: Carry, drop_path: float | jax.Array) -> tuple[Carry, None]:
@@ -147,11 +174,20 @@ class TNTBlock(nn.Module):
 
         # Inner transformer over the words of every sentence.
         y, inner_logits = self._attention(
-            self.inner_dim, self.num_heads_inner, "inner", "attn_in",
+            self.inner_dim,
+            self.num_heads_inner,
+            "inner",
+            "attn_in",
         )(norm("norm_in")(words), inner_logits)
         words = words + path(y, drop_path)
-        y = Mlp(4 * self.inner_dim, self.inner_dim, self.proj_drop, self.deterministic,
-                self.dtype, name="mlp_in")(norm("norm_mlp_in")(words))
+        y = Mlp(
+            4 * self.inner_dim,
+            self.inner_dim,
+            self.proj_drop,
+            self.deterministic,
+            self.dtype,
+            name="mlp_in",
+        )(norm("norm_mlp_in")(words))
         words = words + path(y, drop_path)
 
         # Words -> their sentence (the class token gets nothing).
@@ -166,11 +202,20 @@ class TNTBlock(nn.Module):
 
         # Outer transformer over the sentences.
         y, outer_logits = self._attention(
-            self.embed_dim, self.num_heads_outer, "outer", "attn_out",
+            self.embed_dim,
+            self.num_heads_outer,
+            "outer",
+            "attn_out",
         )(norm("norm_out")(sentences), outer_logits)
         sentences = sentences + path(y, drop_path)
-        y = Mlp(int(self.embed_dim * self.mlp_ratio), self.embed_dim, self.proj_drop,
-                self.deterministic, self.dtype, name="mlp")(norm("norm_mlp")(sentences))
+        y = Mlp(
+            int(self.embed_dim * self.mlp_ratio),
+            self.embed_dim,
+            self.proj_drop,
+            self.deterministic,
+            self.dtype,
+            name="mlp",
+        )(norm("norm_mlp")(sentences))
         sentences = sentences + path(y, drop_path)
         return (words, sentences, inner_logits, outer_logits), None
 
@@ -216,32 +261,54 @@ class TNT(nn.Module):
         num_patches = (self.img_size // self.patch_size) ** 2
         pos_init = nn.initializers.truncated_normal(0.02)
         pixel_pos = self.param("pixel_pos", pos_init, (1, grid, grid, self.inner_dim), jnp.float32)
-        words = WordEmbed(self.patch_size, self.inner_dim, self.word_kernel, self.word_stride,
-                          self.legacy, self.dtype, name="pixel_embed")(
-            images.astype(self.dtype), pixel_pos)
+        words = WordEmbed(
+            self.patch_size,
+            self.inner_dim,
+            self.word_kernel,
+            self.word_stride,
+            self.legacy,
+            self.dtype,
+            name="pixel_embed",
+        )(images.astype(self.dtype), pixel_pos)
 
         # Sentence embedding: LayerNorm -> Linear -> LayerNorm over each patch's flat words.
         norm = lambda name: layer_norm(TNT_EPS, name, self.dtype)  # noqa: E731
-        sentences = norm("norm2_proj")(dense(self.embed_dim, "proj", self.dtype)(
-            norm("norm1_proj")(words.reshape(b, num_patches, -1))))
+        sentences = norm("norm2_proj")(
+            dense(self.embed_dim, "proj", self.dtype)(
+                norm("norm1_proj")(words.reshape(b, num_patches, -1))
+            )
+        )
         cls_token = self.param("cls_token", pos_init, (1, 1, self.embed_dim), jnp.float32)
-        patch_pos = self.param("patch_pos", pos_init, (1, num_patches + 1, self.embed_dim),
-                               jnp.float32)
+        patch_pos = self.param(
+            "patch_pos", pos_init, (1, num_patches + 1, self.embed_dim), jnp.float32
+        )
         cls = jnp.broadcast_to(cls_token.astype(sentences.dtype), (b, 1, self.embed_dim))
         sentences = jnp.concatenate([cls, sentences], axis=1) + patch_pos.astype(sentences.dtype)
         sentences = nn.Dropout(self.pos_drop_rate)(sentences, deterministic=not train)
 
         block_kwargs = dict(
-            inner_dim=self.inner_dim, embed_dim=self.embed_dim,
-            num_heads_inner=self.num_heads_inner, num_heads_outer=self.num_heads_outer,
-            mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, legacy=self.legacy, nesting=self.nesting,
+            inner_dim=self.inner_dim,
+            embed_dim=self.embed_dim,
+            num_heads_inner=self.num_heads_inner,
+            num_heads_outer=self.num_heads_outer,
+            mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias,
+            proj_drop=self.proj_drop_rate,
+            attn_drop=self.attn_drop_rate,
+            legacy=self.legacy,
+            nesting=self.nesting,
             attention_core=self.attention_core,
-            deterministic=not train, dtype=self.dtype)
+            deterministic=not train,
+            dtype=self.dtype,
+        )
         _, sentences, _, _ = stack_blocks(
-            TNTBlock, block_kwargs, (words, sentences, None, None),
+            TNTBlock,
+            block_kwargs,
+            (words, sentences, None, None),
             drop_path_rates(self.drop_path_rate, self.depth),
-            scan=self.scan_blocks, remat=self.remat)
+            scan=self.scan_blocks,
+            remat=self.remat,
+        )
 
         x = norm("norm")(sentences)[:, 0]
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
@@ -257,54 +324,85 @@ def _timm_twin(module: TNT, num_classes: int):
     from timm.models.tnt import TNT as TimmTNT  # noqa: PLC0415
 
     twin = TimmTNT(
-        img_size=module.img_size, patch_size=module.patch_size, num_classes=num_classes,
-        embed_dim=module.embed_dim, depth=module.depth, mlp_ratio=module.mlp_ratio,
-        qkv_bias=module.qkv_bias, inner_dim=module.inner_dim,
-        num_heads_inner=module.num_heads_inner, num_heads_outer=module.num_heads_outer,
-        first_stride=module.word_stride, legacy=module.legacy)
+        img_size=module.img_size,
+        patch_size=module.patch_size,
+        num_classes=num_classes,
+        embed_dim=module.embed_dim,
+        depth=module.depth,
+        mlp_ratio=module.mlp_ratio,
+        qkv_bias=module.qkv_bias,
+        inner_dim=module.inner_dim,
+        num_heads_inner=module.num_heads_inner,
+        num_heads_outer=module.num_heads_outer,
+        first_stride=module.word_stride,
+        legacy=module.legacy,
+    )
     if module.word_kernel != 7:
         twin.pixel_embed.proj = torch.nn.Conv2d(
-            3, module.inner_dim, module.word_kernel, stride=module.word_stride,
-            padding=module.word_kernel // 2)
+            3,
+            module.inner_dim,
+            module.word_kernel,
+            stride=module.word_stride,
+            padding=module.word_kernel // 2,
+        )
     return twin
 
 
-FAMILY = registry.register_family(registry.Family(
-    name="tnt", module=TNT, chains={"attn_in": "inner", "attn_out": "outer"},
-    heads=lambda model: {"outer": model.num_heads_outer, "inner": model.num_heads_inner},
-    chain_words={"inner": "inner attention (between the words of each patch)",
-                 "outer": "outer attention (between patches)"},
-    word_grid=lambda model: word_grid(model.patch_size, model.word_kernel, model.word_stride),
-    timm_twin=_timm_twin,
-    field_ranges=registry.positive_sizes(
-        "inner_dim", "num_heads_inner", "num_heads_outer", "word_kernel", "word_stride")))
+FAMILY = registry.register_family(
+    registry.Family(
+        name="tnt",
+        module=TNT,
+        chains={"attn_in": "inner", "attn_out": "outer"},
+        heads=lambda model: {"outer": model.num_heads_outer, "inner": model.num_heads_inner},
+        chain_words={
+            "inner": "inner attention (between the words of each patch)",
+            "outer": "outer attention (between patches)",
+        },
+        word_grid=lambda model: word_grid(model.patch_size, model.word_kernel, model.word_stride),
+        timm_twin=_timm_twin,
+        field_ranges=registry.positive_sizes(
+            "inner_dim", "num_heads_inner", "num_heads_outer", "word_kernel", "word_stride"
+        ),
+    )
+)
 
 _NESTED = dict(nesting=Nesting(inner=True, outer=True))
 # The 32x32 variants share depth and widths across families (vit.py) so comparisons are fair.
 # patch4 and patch8 give 16 words per sentence: patch 4 with a kernel-3 stride-1 word conv (64
 # sentences, more accurate), patch 8 with kernel 3 stride 2 (16 sentences, ~2.5x faster on CPU).
-_CIFAR = dict(img_size=32, embed_dim=128, depth=4, mlp_ratio=2.0, inner_dim=16,
-              num_heads_outer=4, num_heads_inner=2, word_kernel=3)
+_CIFAR = dict(
+    img_size=32,
+    embed_dim=128,
+    depth=4,
+    mlp_ratio=2.0,
+    inner_dim=16,
+    num_heads_outer=4,
+    num_heads_inner=2,
+    word_kernel=3,
+)
 # patch8_word4: 2x2 words of 4x4 pixels per 8x8 sentence (kernel 5, stride 4), the word size
 # of TNT-S at 224 px; the CPU configs' choice, ~2x faster per image than patch8's 2x2-pixel words.
 _CIFAR_WORD4 = dict(_CIFAR, patch_size=8, word_kernel=5, word_stride=4)
 _TNT_S = dict(embed_dim=384, inner_dim=24, num_heads_outer=6)
 for _size, _widths in (
-        ("ti_patch16_224", dict(embed_dim=192, inner_dim=12, num_heads_outer=3,
-                                num_heads_inner=2)),
-        ("s_patch16_224", _TNT_S),
-        ("b_patch16_224", dict(embed_dim=640, inner_dim=40, num_heads_outer=10)),
-        ("cifar_patch4_32", dict(_CIFAR, patch_size=4, word_stride=1)),
-        ("cifar_patch8_32", dict(_CIFAR, patch_size=8, word_stride=2)),
-        ("cifar_patch8_word4_32", _CIFAR_WORD4)):
+    ("ti_patch16_224", dict(embed_dim=192, inner_dim=12, num_heads_outer=3, num_heads_inner=2)),
+    ("s_patch16_224", _TNT_S),
+    ("b_patch16_224", dict(embed_dim=640, inner_dim=40, num_heads_outer=10)),
+    ("cifar_patch4_32", dict(_CIFAR, patch_size=4, word_stride=1)),
+    ("cifar_patch8_32", dict(_CIFAR, patch_size=8, word_stride=2)),
+    ("cifar_patch8_word4_32", _CIFAR_WORD4),
+):
     registry.register_model(f"tnt_{_size}", FAMILY, **_widths)
     registry.register_model(f"nested_tnt_{_size}", FAMILY, **_widths, **_NESTED)
 registry.register_model("tnt_s_legacy_patch16_224", FAMILY, **_TNT_S, legacy=True)
 
 # The configs' `model=tnt|nested_tnt`: the paper's small models, and the CPU configs' patch-8
 # models with 4x4-pixel words (the patch-4 ones are too slow for a 2-core CPU).
-registry.register_choice("tnt", paper="tnt_s_patch16_224", cpu="tnt_cifar_patch8_word4_32",
-                         order=1)
-registry.register_choice("nested_tnt", paper="nested_tnt_s_patch16_224",
-                         cpu="nested_tnt_cifar_patch8_word4_32", references=("tnt", "vit"),
-                         order=2)
+registry.register_choice("tnt", paper="tnt_s_patch16_224", cpu="tnt_cifar_patch8_word4_32", order=1)
+registry.register_choice(
+    "nested_tnt",
+    paper="nested_tnt_s_patch16_224",
+    cpu="nested_tnt_cifar_patch8_word4_32",
+    references=("tnt", "vit"),
+    order=2,
+)

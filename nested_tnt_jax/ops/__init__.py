@@ -24,8 +24,16 @@ import jax
 
 from nested_tnt_jax.ops.cores import CORE_FORMS
 
-__all__ = ["BROADCAST_MAX_DIM", "CORE_CHOICES", "CORE_FORMS", "CPU_BLOCK_ELEMENTS",
-           "HEADS_FIRST_MIN_DIM", "check_core_choice", "core_form", "mixer_form"]
+__all__ = [
+    "BROADCAST_MAX_DIM",
+    "CORE_CHOICES",
+    "CORE_FORMS",
+    "CPU_BLOCK_ELEMENTS",
+    "HEADS_FIRST_MIN_DIM",
+    "check_core_choice",
+    "core_form",
+    "mixer_form",
+]
 
 # A model's `attention_core`: "auto" (the backend's forms, per head width on CPU), "by_width"
 # (the per-width rule on every backend), or one of CORE_FORMS for every attention layer.
@@ -40,8 +48,10 @@ CPU_BLOCK_ELEMENTS = 2**18
 def check_core_choice(choice: str) -> None:
     """Raises ValueError, listing `CORE_CHOICES`, for anything else."""
     if choice not in CORE_CHOICES:
-        raise ValueError(f"Unknown attention_core {choice!r}; use one of {', '.join(CORE_CHOICES)} "
-                         "('auto' picks per backend and head width).")
+        raise ValueError(
+            f"Unknown attention_core {choice!r}; use one of {', '.join(CORE_CHOICES)} "
+            "('auto' picks per backend and head width)."
+        )
 
 
 def core_form(choice: str, head_dim: int, backend: str | None = None) -> str:

@@ -91,8 +91,12 @@ def _blocked_mixer_bwd(block, residuals, d_out):
             kernel = layers[i][0]
             if i < len(layers) - 1:  # through the LeakyReLU after layer i
                 d = d * jnp.where(pre[i] >= 0, 1.0, LEAKY_SLOPE).astype(d.dtype)
-            grads.append((jnp.einsum("hn,gn->hg", inputs[i], d, preferred_element_type=jnp.float32),
-                          d.sum(axis=1, dtype=jnp.float32)))
+            grads.append(
+                (
+                    jnp.einsum("hn,gn->hg", inputs[i], d, preferred_element_type=jnp.float32),
+                    d.sum(axis=1, dtype=jnp.float32),
+                )
+            )
             d = jnp.einsum("hg,gn->hn", kernel, d)
         acc = jax.tree.map(jnp.add, acc, tuple(reversed(grads)))
         return acc, d
@@ -148,9 +152,17 @@ def _fused_bwd(residuals, d_out):
         if i < len(layers) - 1:  # through the LeakyReLU after layer i
             d = d * jnp.where(pre[i] >= 0, 1.0, LEAKY_SLOPE)
         # Products over the n columns, in the compute dtype with float32 accumulation.
-        grads.append((jnp.einsum("in,gn->ig", inputs[i].astype(z.dtype), d.astype(z.dtype),
-                                 preferred_element_type=jnp.float32).astype(kernel.dtype),
-                      d.sum(axis=1).astype(kernel.dtype)))
+        grads.append(
+            (
+                jnp.einsum(
+                    "in,gn->ig",
+                    inputs[i].astype(z.dtype),
+                    d.astype(z.dtype),
+                    preferred_element_type=jnp.float32,
+                ).astype(kernel.dtype),
+                d.sum(axis=1).astype(kernel.dtype),
+            )
+        )
         d = _unrolled(kernel.astype(jnp.float32).T, None, d)
     return tuple(reversed(grads)), d.astype(z.dtype)
 
@@ -160,7 +172,9 @@ fused.defvjp(_fused_fwd, _fused_bwd)
 MIXER_FORMS = ("reference", "blocked", "fused")
 
 
-def mix_heads(layers: MixerLayers, z: jax.Array, form: str = "reference", block: int = 0) -> jax.Array:
+def mix_heads(
+    layers: MixerLayers, z: jax.Array, form: str = "reference", block: int = 0
+) -> jax.Array:
     """g(z) on (h, n) logits in `form` (one of `MIXER_FORMS`); `block` is `blocked`'s width."""
     if form == "reference":
         return reference(layers, z)
