@@ -42,7 +42,6 @@ import math
 import os
 import pathlib
 import platform
-import runpy
 import statistics
 import sys
 import time
@@ -136,13 +135,13 @@ def matmul_peak_flops(dtype: str) -> float:
 
 def _paper_setup() -> ml_collections.ConfigDict:
     """The paper setup's config (`configs/common.py`: SGD with clipping, mixup, smoothing)."""
-    common = runpy.run_path(
-        str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "common.py")
-    )
-    config = common["base_config"]()
-    config.update_from_flattened_dict(
-        {k: v for k, v in common["PAPER"].items() if not k.startswith("model.")}
-    )
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)  # the configs package, from a script in benchmarks/
+    from configs import cifar10, common  # noqa: PLC0415 (after the path is set)
+
+    config = common.base_config()
+    cifar10.paper(config)
     return config
 
 

@@ -9,7 +9,7 @@ import textwrap
 
 from nested_tnt_jax import models
 from nested_tnt_jax.models import registry
-from tests.cli_config import DATA_DIR
+import shared_data
 from tests.cli_runs import ROOT, environment
 
 TOY_FAMILY = textwrap.dedent('''
@@ -82,7 +82,7 @@ def test_a_family_in_one_file_outside_the_tree_trains_through_the_cli(tmp_path, 
         "nested_tnt_jax.main",
         "--config=configs/cifar10.py:model=nested_toy,cpu,steps=3",
         f"--workdir={workdir}",
-        f"--config.dataset.data_dir={DATA_DIR}",
+        f"--config.dataset.data_dir={shared_data.shared_tfds()}",
         "--config.dataset.train_split=train[:256]",
         "--config.dataset.eval_split=train[256:288]",
         "--config.dataset.test_split=test[:32]",
