@@ -104,6 +104,17 @@ def test_without_a_project_each_script_stops_at_once(pod):
     assert all(c[:2] == ["config", "get-value"] for c in fake_gcloud.read(state_path)["calls"])
 
 
+def test_a_local_workdir_or_data_dir_is_refused(pod):
+    state_path, env = pod
+    before = len(fake_gcloud.read(state_path)["calls"])
+    for var in ("WORKDIR", "TFDS_DATA_DIR"):
+        proc = script("launch.sh", env, **{var: "/home/me/tfds"})
+        assert proc.returncode == 2, proc.stderr
+        assert f"{var} is '/home/me/tfds'; the hosts share it only as a gs:// path" in proc.stderr
+    assert all(c[:2] == ["config", "get-value"]
+               for c in fake_gcloud.read(state_path)["calls"][before:])
+
+
 def test_spot_counts_failed_creates_and_gives_up(pod):
     state_path, env = pod
     with fake_gcloud.state(state_path) as data:

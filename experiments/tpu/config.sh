@@ -26,6 +26,12 @@ fi
 : "${INSTALL:=yes}"                          # setup.sh: `no` uses the hosts' ~/venv as it is
 : "${POLL_S:=30}"                            # seconds between state checks (create.sh, spot.sh)
 
+for var in WORKDIR TFDS_DATA_DIR; do  # Every host must see the same files.
+  if [[ "${!var}" != gs://* ]]; then
+    echo "error: $var is '${!var}'; the hosts share it only as a gs:// path (unset it for gs://$BUCKET/...)." >&2
+    exit 2
+  fi
+done
 case "$PROVISIONING" in
   tpu-vm | queued) ;;
   *) echo "error: PROVISIONING is '$PROVISIONING'; use tpu-vm or queued." >&2; exit 2 ;;
