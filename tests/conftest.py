@@ -46,6 +46,7 @@ INTEGRATION_MODULES = frozenset(
         "test_real_data",  # a short training run on the real CIFAR-10
         "test_rehearse_device_check",  # the whole device check, offline
         "test_run_guards",  # workdir guards through the CLI in subprocesses
+        "test_tpu_scripts",  # experiments/tpu/ on a simulated pod, Cloud Storage emulator
         "test_train",  # end-to-end training of every config on mock data
     }
 )
