@@ -47,16 +47,25 @@ import sysconfig
 _TPU = {"project": True, "zone": True}
 COMMANDS = {
     ("compute", "tpus", "tpu-vm", "create"): {
-        **_TPU, "accelerator-type": True, "version": True, "scopes": True, "spot": False},
+        **_TPU,
+        "accelerator-type": True,
+        "version": True,
+        "scopes": True,
+        "spot": False,
+    },
     ("compute", "tpus", "tpu-vm", "describe"): {**_TPU, "format": True},
     ("compute", "tpus", "tpu-vm", "delete"): {**_TPU, "quiet": False},
     ("compute", "tpus", "tpu-vm", "ssh"): {**_TPU, "worker": True, "command": True},
     ("compute", "tpus", "queued-resources", "create"): {
-        **_TPU, "node-id": True, "accelerator-type": True, "runtime-version": True,
-        "scopes": True, "spot": False},
+        **_TPU,
+        "node-id": True,
+        "accelerator-type": True,
+        "runtime-version": True,
+        "scopes": True,
+        "spot": False,
+    },
     ("compute", "tpus", "queued-resources", "describe"): {**_TPU, "format": True},
-    ("compute", "tpus", "queued-resources", "delete"): {
-        **_TPU, "force": False, "quiet": False},
+    ("compute", "tpus", "queued-resources", "delete"): {**_TPU, "force": False, "quiet": False},
     ("config", "get-value"): {},
     ("storage", "ls"): {},
     ("storage", "cp"): {"r": False},
@@ -73,12 +82,26 @@ def install(root: pathlib.Path, project: str | None, host_env: dict[str, str]) -
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True)
     state = root / "gcloud_state.json"
-    state.write_text(json.dumps({
-        "project": project, "root": str(root), "bin": str(bin_dir), "host_env": host_env,
-        "fail": {}, "tpus": {}, "queued": {}, "serial": 0, "calls": []}))
+    state.write_text(
+        json.dumps(
+            {
+                "project": project,
+                "root": str(root),
+                "bin": str(bin_dir),
+                "host_env": host_env,
+                "fail": {},
+                "tpus": {},
+                "queued": {},
+                "serial": 0,
+                "calls": [],
+            }
+        )
+    )
     wrapper = bin_dir / "gcloud"
-    wrapper.write_text(f"#!/bin/sh\nFAKE_GCLOUD_STATE='{state}' exec '{sys.executable}' "
-                       f"'{pathlib.Path(__file__).resolve()}' \"$@\"\n")
+    wrapper.write_text(
+        f"#!/bin/sh\nFAKE_GCLOUD_STATE='{state}' exec '{sys.executable}' "
+        f"'{pathlib.Path(__file__).resolve()}' \"$@\"\n"
+    )
     wrapper.chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_STATE": str(state)}
 
@@ -120,12 +143,12 @@ def _kill(tpu: dict) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[tuple[str, ...], list[str], dict[str, str | bool]]:
-    command = next((c for c in COMMANDS if tuple(argv[:len(c)]) == c), None)
+    command = next((c for c in COMMANDS if tuple(argv[: len(c)]) == c), None)
     if command is None:
         raise Refused(f"the stand-in has no command `gcloud {' '.join(argv[:4])}`")
     allowed = COMMANDS[command]
     positional, flags = [], {}
-    for arg in argv[len(command):]:
+    for arg in argv[len(command) :]:
         if arg == "-r" and "r" in allowed:
             flags["r"] = True
         elif arg.startswith("--"):
@@ -142,8 +165,9 @@ def _topology(accelerator_type: str) -> tuple[int, int]:
     """(hosts, chips per host) of a v4 or v5e accelerator type."""
     family, _, size = accelerator_type.rpartition("-")
     if not size.isdigit() or family not in ("v4", "v5litepod"):
-        raise Refused(f"INVALID_ARGUMENT: the stand-in knows v4-N and v5litepod-N, not "
-                      f"{accelerator_type!r}")
+        raise Refused(
+            f"INVALID_ARGUMENT: the stand-in knows v4-N and v5litepod-N, not {accelerator_type!r}"
+        )
     chips = int(size) // 2 if family == "v4" else int(size)  # v4 counts TensorCores
     per_host = min(chips, 4 if family == "v4" or chips > 8 else 8)
     return max(1, chips // per_host), per_host
@@ -163,17 +187,25 @@ def _image_venv(home: pathlib.Path) -> None:
     (site / "image_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
 
-def _create_tpu(data: dict, name: str, accelerator_type: str, spot: bool,
-                queued: str | None = None) -> None:
+def _create_tpu(
+    data: dict, name: str, accelerator_type: str, spot: bool, queued: str | None = None
+) -> None:
     hosts, chips = _topology(accelerator_type)
     data["serial"] += 1
     homes = pathlib.Path(data["root"]) / "hosts" / f"{name}-{data['serial']}"
     for i in range(hosts):
         (homes / f"worker-{i}").mkdir(parents=True)
         _image_venv(homes / f"worker-{i}")
-    data["tpus"][name] = {"state": "READY", "hosts": hosts, "chips_per_host": chips,
-                          "homes": str(homes), "port": _free_port(), "spot": spot,
-                          "queued": queued, "pgids": []}
+    data["tpus"][name] = {
+        "state": "READY",
+        "hosts": hosts,
+        "chips_per_host": chips,
+        "homes": str(homes),
+        "port": _free_port(),
+        "spot": spot,
+        "queued": queued,
+        "pgids": [],
+    }
 
 
 def _delete_tpu(data: dict, name: str) -> None:
@@ -190,8 +222,9 @@ def _check(data: dict, command: tuple[str, ...], flags: dict) -> None:
     verb = command[-1]
     if data["fail"].get(verb, 0) > 0:
         data["fail"][verb] -= 1
-        raise Refused(f"({'.'.join(command)}) RESOURCE_EXHAUSTED: the stand-in was told to "
-                      f"fail this {verb}")
+        raise Refused(
+            f"({'.'.join(command)}) RESOURCE_EXHAUSTED: the stand-in was told to fail this {verb}"
+        )
 
 
 def _tpu_vm(data: dict, verb: str, name: str, flags: dict) -> str:
@@ -205,8 +238,9 @@ def _tpu_vm(data: dict, verb: str, name: str, flags: dict) -> str:
         raise Refused(f"NOT_FOUND: node {name}")
     if verb == "describe":
         if flags.get("format") != "value(state)":
-            raise Refused(f"the stand-in prints --format=value(state) only, not "
-                          f"{flags.get('format')!r}")
+            raise Refused(
+                f"the stand-in prints --format=value(state) only, not {flags.get('format')!r}"
+            )
         return tpu["state"] + "\n"
     if verb == "delete":
         _delete_tpu(data, name)
@@ -225,21 +259,26 @@ def _queued(data: dict, verb: str, name: str, flags: dict) -> str:
         if not flags.get("runtime-version"):
             raise Refused("argument --runtime-version: expected one argument")
         # Granted at the first describe after one in the queue.
-        data["queued"][name] = {"state": "WAITING_FOR_RESOURCES", "node": node,
-                                "accelerator_type": flags["accelerator-type"],
-                                "spot": bool(flags.get("spot"))}
+        data["queued"][name] = {
+            "state": "WAITING_FOR_RESOURCES",
+            "node": node,
+            "accelerator_type": flags["accelerator-type"],
+            "spot": bool(flags.get("spot")),
+        }
         return ""
     if resource is None:
         raise Refused(f"NOT_FOUND: queued resource {name}")
     if verb == "describe":
         if flags.get("format") != "value(state.state)":
-            raise Refused(f"the stand-in prints --format=value(state.state) only, not "
-                          f"{flags.get('format')!r}")
+            raise Refused(
+                f"the stand-in prints --format=value(state.state) only, not {flags.get('format')!r}"
+            )
         shown = resource["state"]
         if shown == "WAITING_FOR_RESOURCES":
             resource["state"] = "ACTIVE"
-            _create_tpu(data, resource["node"], resource["accelerator_type"], resource["spot"],
-                        queued=name)
+            _create_tpu(
+                data, resource["node"], resource["accelerator_type"], resource["spot"], queued=name
+            )
         return shown + "\n"
     if verb == "delete":
         if resource["node"] in data["tpus"]:
@@ -264,7 +303,9 @@ def _ssh(path: str, name: str, flags: dict) -> int:
         for i in workers:
             home = pathlib.Path(tpu["homes"]) / f"worker-{i}"
             env = {
-                "HOME": str(home), "USER": getpass.getuser(), "LANG": "C.UTF-8",
+                "HOME": str(home),
+                "USER": getpass.getuser(),
+                "LANG": "C.UTF-8",
                 "PATH": f"{data['bin']}:/usr/local/bin:/usr/bin:/bin",
                 "HOSTNAME": f"{name}-w-{i}",
                 **data["host_env"],
@@ -274,8 +315,11 @@ def _ssh(path: str, name: str, flags: dict) -> int:
                 "JAX_NUM_PROCESSES": str(tpu["hosts"]),
                 "JAX_PROCESS_ID": str(i),
             }
-            procs.append(subprocess.Popen(["bash", "-c", flags["command"]], cwd=home, env=env,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    ["bash", "-c", flags["command"]], cwd=home, env=env, start_new_session=True
+                )
+            )
         tpu["pgids"] += [p.pid for p in procs]
     codes = [p.wait() for p in procs]
     with state(path) as data:
@@ -290,7 +334,7 @@ def _ssh(path: str, name: str, flags: dict) -> int:
 
 
 def _storage(command: tuple[str, ...], positional: list[str], flags: dict) -> str:
-    import gcsfs  # noqa: PLC0415 (only the storage commands need it)
+    import gcsfs
 
     fs = gcsfs.GCSFileSystem()
     if command[1] == "ls":
@@ -302,8 +346,12 @@ def _storage(command: tuple[str, ...], positional: list[str], flags: dict) -> st
             return "".join(f"gs://{p}\n" for p in fs.ls(path))
         raise Refused("One or more URLs matched no objects.")
     source, target = positional
-    if not (flags.get("r") and os.path.isdir(source) and target.startswith("gs://")
-            and target.endswith("/")):
+    if not (
+        flags.get("r")
+        and os.path.isdir(source)
+        and target.startswith("gs://")
+        and target.endswith("/")
+    ):
         raise Refused("the stand-in copies a local directory into gs://.../ with -r only")
     name = os.path.basename(source.rstrip("/"))
     fs.put(source.rstrip("/") + "/", target.removeprefix("gs://") + name, recursive=True)

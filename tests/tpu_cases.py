@@ -52,8 +52,9 @@ def emulator(tmp_path_factory):
 
 
 def _git(*args: str, cwd=cli_runs.ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -64,29 +65,54 @@ def pod(tmp_path_factory, emulator):
     # are now (`git stash create`: the committed tree plus uncommitted changes).
     origin = root / "origin.git"
     _git("init", "--bare", "--quiet", str(origin), cwd=root)
-    _git("push", "--quiet", str(origin),
-         f"{_git('stash', 'create') or _git('rev-parse', 'HEAD')}:refs/heads/main")
+    _git(
+        "push",
+        "--quiet",
+        str(origin),
+        f"{_git('stash', 'create') or _git('rev-parse', 'HEAD')}:refs/heads/main",
+    )
     _git("symbolic-ref", "HEAD", "refs/heads/main", cwd=origin)
-    host_env = {**emulator.env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1",
-                "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache")}
+    host_env = {
+        **emulator.env,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+    }
     added = fake_gcloud.install(root / "gcloud", "test-project", host_env)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PROJECT", "WORKDIR", "TFDS_DATA_DIR", "TPU_NAME")}
-    env.update(added, BUCKET=BUCKET, REPO_URL=str(origin), REPO_REF="main",
-               ACCELERATOR_TYPE="v4-16", INSTALL="no", POLL_S="0.2",
-               LOCAL_TFDS_DIR=str(emulator.local_data), CONFIG=cli_runs.CONFIG)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PROJECT", "WORKDIR", "TFDS_DATA_DIR", "TPU_NAME")
+    }
+    env.update(
+        added,
+        BUCKET=BUCKET,
+        REPO_URL=str(origin),
+        REPO_REF="main",
+        ACCELERATOR_TYPE="v4-16",
+        INSTALL="no",
+        POLL_S="0.2",
+        LOCAL_TFDS_DIR=str(emulator.local_data),
+        CONFIG=cli_runs.CONFIG,
+    )
     return pathlib.Path(added["FAKE_GCLOUD_STATE"]), env
 
 
-def script(name: str, env: dict, *args: str, timeout: float = 120,
-           **more: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPTS / name), *args], env={**env, **more},
-                          capture_output=True, text=True, timeout=timeout)
+def script(
+    name: str, env: dict, *args: str, timeout: float = 120, **more: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPTS / name), *args],
+        env={**env, **more},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def calls(state_path, *prefix: str) -> list[list[str]]:
     """The stand-in's calls so far that start with `prefix`."""
-    return [c for c in fake_gcloud.read(state_path)["calls"] if c[:len(prefix)] == list(prefix)]
+    return [c for c in fake_gcloud.read(state_path)["calls"] if c[: len(prefix)] == list(prefix)]
 
 
 def test_without_a_project_each_script_stops_at_once(pod):
@@ -111,8 +137,9 @@ def test_a_local_workdir_or_data_dir_is_refused(pod):
         proc = script("launch.sh", env, **{var: "/home/me/tfds"})
         assert proc.returncode == 2, proc.stderr
         assert f"{var} is '/home/me/tfds'; the hosts share it only as a gs:// path" in proc.stderr
-    assert all(c[:2] == ["config", "get-value"]
-               for c in fake_gcloud.read(state_path)["calls"][before:])
+    assert all(
+        c[:2] == ["config", "get-value"] for c in fake_gcloud.read(state_path)["calls"][before:]
+    )
 
 
 def test_spot_counts_failed_creates_and_gives_up(pod):
@@ -181,8 +208,9 @@ def test_launch_passes_each_argument_intact(slice_ready):
 def two_host_run(slice_ready):
     """launch.sh: an uninterrupted two-host run in gs://pod/runs/plain; its workdir."""
     _, env = slice_ready
-    proc = script("launch.sh", env, f"--config.dataset.train_split={SPLIT}", RUN="plain",
-                  timeout=400)
+    proc = script(
+        "launch.sh", env, f"--config.dataset.train_split={SPLIT}", RUN="plain", timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     for i in range(2):
         assert f"JAX process {i} / 2, 4 local devices" in proc.stderr
@@ -199,7 +227,8 @@ def test_two_host_run_on_cloud_storage(two_host_run):
 
 
 def test_spot_recreates_a_preempted_slice_and_finishes_like_an_uninterrupted_run(
-        slice_ready, two_host_run, tmp_path):
+    slice_ready, two_host_run, tmp_path
+):
     state_path, env = slice_ready
     assert script("delete.sh", env).returncode == 0
     workdir = f"gs://{BUCKET}/runs/spot"
@@ -207,8 +236,11 @@ def test_spot_recreates_a_preempted_slice_and_finishes_like_an_uninterrupted_run
     with open(log, "w") as out:
         proc = subprocess.Popen(
             ["bash", str(SCRIPTS / "spot.sh"), f"--config.dataset.train_split={SPLIT}"],
-            env={**env, "RUN": "spot", "PROVISIONING": "queued"}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            env={**env, "RUN": "spot", "PROVISIONING": "queued"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         marker = path(workdir) / checkpointing.CHECKPOINT_DIR / "3" / "commit_success.txt"
         cli_runs.wait_until(proc, log, marker.exists, "checkpoint 3")
